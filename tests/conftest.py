@@ -10,9 +10,9 @@ if not torch.cuda.is_available():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from semivl_fast.ops import _common  # noqa: E402
+from semivl_fast.ops import _common
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """The op layer: every op has a PyTorch reference, kernels (C++ CPU, CUDA C++ / Triton GPU) and one dispatcher."""
 
 from semivl_fast.ops.cost_volume import concept_max, cost_volume, cost_volume_reference, ensemble_text
+from semivl_fast.ops.pl_loss import box_mask, pseudo_label_loss, pseudo_label_loss_reference
 from semivl_fast.ops.pseudo_label import (
     pseudo_label_filter,
     pseudo_label_filter_cpp,
@@ -8,6 +9,9 @@ from semivl_fast.ops.pseudo_label import (
 )
 
 __all__ = [
+    "box_mask",
+    "pseudo_label_loss",
+    "pseudo_label_loss_reference",
     "concept_max",
     "cost_volume",
     "cost_volume_reference",

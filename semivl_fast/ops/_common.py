@@ -36,24 +36,40 @@ def empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.
     return out
 
 
-def backend(op: str, device: torch.device) -> str:
-    """Which implementation runs ``op`` on ``device``.
+def backend(op: str, device: torch.device, faces: tuple[str, ...]) -> str:
+    """Which implementation of ``op`` runs on ``device``; ``faces`` are the ones the op has besides the reference.
 
     ``SEMIVL_FAST_BACKEND_<OP>`` (e.g. ``SEMIVL_FAST_BACKEND_PSEUDO_LABEL_FILTER``) or ``SEMIVL_FAST_BACKEND``
-    chooses one of ``auto | reference | cpp | cuda | triton``. ``auto`` takes the C++ kernel on CPU and on CUDA
-    the Triton kernel when the op has one, else the CUDA C++ kernel, else the reference.
+    chooses one of ``auto | reference | cpp | cuda | triton``. ``auto`` takes the C++ kernel on CPU; on CUDA the
+    Triton kernel when the op has one, else the CUDA C++ kernel; the reference when nothing else is available.
     """
     choice = os.environ.get(f"SEMIVL_FAST_BACKEND_{op.upper()}", os.environ.get("SEMIVL_FAST_BACKEND", "auto"))
     choice = choice.strip().lower()
     if choice not in BACKENDS:
         raise ValueError(f"SEMIVL_FAST_BACKEND={choice!r} is not one of {BACKENDS}")
+    if choice == "reference":
+        return choice
     if choice != "auto":
+        if choice not in faces:
+            raise ValueError(f"{op}: backend {choice!r} is not available for this op; it has {('reference', *faces)}")
         return choice
     if device.type == "cpu":
-        return "cpp" if _ext.has_ext() else "reference"
+        return "cpp" if "cpp" in faces and _ext.has_ext() else "reference"
     if device.type == "cuda":
-        return "cuda" if _ext.has_cuda_ext() else "reference"
+        if "triton" in faces and has_triton():
+            return "triton"
+        if "cuda" in faces and _ext.has_cuda_ext():
+            return "cuda"
     return "reference"
+
+
+def has_triton() -> bool:
+    """Triton is importable (GPU kernels; on CPU only under TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def require_ext(op: str, device: torch.device) -> None:

@@ -69,9 +69,7 @@ _FACES = {"reference": pseudo_label_filter_reference, "cpp": pseudo_label_filter
 @torch.library.custom_op("semivl_fast::pseudo_label_filter", mutates_args=())
 def _pseudo_label_filter_op(logits: Tensor, threshold: float, scale: float,
                             ignore: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    choice = _common.backend(OP, logits.device)
-    if choice not in _FACES:
-        raise ValueError(f"{OP}: backend {choice!r} is not available for this op; use one of {sorted(_FACES)}")
+    choice = _common.backend(OP, logits.device, ("cpp", "cuda"))
     return _FACES[choice](logits, threshold, scale, ignore)
 
 
