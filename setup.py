@@ -22,8 +22,9 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = [*find_packages(include=["semivl_fast", "semivl_fast.*"]), "semivl_fast.kernels"]
-PACKAGE_DIR = {"semivl_fast.kernels": "kernels"}
+# kernels/ and configs/ live at the top level of the repository and install inside the package
+PACKAGES = [*find_packages(include=["semivl_fast", "semivl_fast.*"]), "semivl_fast.kernels", "semivl_fast.configs"]
+PACKAGE_DIR = {"semivl_fast.kernels": "kernels", "semivl_fast.configs": "configs"}
 
 
 def _flag(name: str, default: str = "auto") -> str:
@@ -116,4 +117,5 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"semivl_fast.configs": ["*.yaml", "*/*.yaml"]},
+      ext_modules=ext_modules, cmdclass=cmdclass)

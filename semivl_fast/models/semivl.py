@@ -15,7 +15,7 @@ from semivl_fast.models.clip import create_clip, get_tokenizer
 from semivl_fast.models.decoder import DecoderConfig, LanguageGuidedDecoder
 from semivl_fast.models.resnet_stem import ResNetStem, load_stem_checkpoint
 from semivl_fast.ops.cost_volume import concept_max
-from semivl_fast.text import TextEmbeddings, build_text_embeddings
+from semivl_fast.text import ClassSet, TextEmbeddings, build_text_embeddings
 
 
 @dataclass
@@ -34,8 +34,17 @@ class SemiVLConfig:
     conv_encoder: bool = False  # Cityscapes: the shallowest skip comes from a ResNet stem + layer1
     conv_encoder_pretrained: str | None = None  # local mmseg/timm ResNet checkpoint for the stem
     fp_dropout: float = 0.5  # feature perturbation: dropout2d on every encoder output
+    clip_renorm: bool = False  # inputs are ImageNet-normalised; convert to CLIP's statistics for the ViT (Cityscapes)
     text_cache_dir: str | None = None
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+def imagenet_to_clip(images: Tensor) -> Tensor:
+    """Re-normalise ImageNet-normalised images with CLIP's mean/std (the reference's ``renorm_clip_img``)."""
+    from semivl_fast.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    stat = lambda v: images.new_tensor(v).view(1, 3, 1, 1)
+    return (images * stat(IMAGENET_STD) + stat(IMAGENET_MEAN) - stat(CLIP_MEAN)) / stat(CLIP_STD)
 
 
 class SemiVL(nn.Module):
@@ -46,8 +55,9 @@ class SemiVL(nn.Module):
     """
 
     def __init__(self, backbone: ClipBackbone, decoder: LanguageGuidedDecoder, text: TextEmbeddings,
-                 conv_encoder: ResNetStem | None = None, fp_dropout: float = 0.5) -> None:
+                 conv_encoder: ResNetStem | None = None, fp_dropout: float = 0.5, clip_renorm: bool = False) -> None:
         super().__init__()
+        self.clip_renorm = clip_renorm
         self.backbone = backbone
         self.decoder = decoder
         self.conv_encoder = conv_encoder
@@ -63,10 +73,11 @@ class SemiVL(nn.Module):
         self.text_groups = text.groups.to(device)
         self.text_mode = text.mode
         self.num_classes = text.num_classes
+        self.text = text  # class names and rows, for checkpoints
 
     def encode(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """images (B, 3, H, W) -> dense embedding (B, D, h, w) and the decoder's skips, deep -> shallow."""
-        feats = self.backbone(images)
+        feats = self.backbone(imagenet_to_clip(images) if self.clip_renorm else images)
         skips = feats.guidance[::-1]
         if self.conv_encoder is not None:
             skips.append(self.conv_encoder(images))
@@ -79,16 +90,29 @@ class SemiVL(nn.Module):
             logits = concept_max(logits, self.text_groups, self.num_classes)
         return logits
 
-    def forward(self, images: Tensor, need_fp: bool = False, upsample: bool = True) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits (B, num_classes, H, W), or at the decoder's resolution (4h, 4w) with ``upsample=False``."""
+    def forward(self, images: Tensor, need_fp: bool = False, upsample: bool = True,
+                fp_images: slice | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (B, num_classes, H, W), or at the decoder's resolution (4h, 4w) with ``upsample=False``.
+
+        With ``need_fp`` the decoder also runs on dropout2d-perturbed encoder outputs of the images in
+        ``fp_images`` (default: all) and ``(logits, logits_fp)`` is returned.
+        """
+        h, w = images.shape[-2:]
+        side = self.decoder.cfg.pool_size * self.backbone.patch_size  # smallest input class attention can pool
+        if upsample and (h < side or w < side):  # e.g. a thin border window of sliding inference: pad, then crop
+            padded = F.pad(images, (0, max(0, side - w), 0, max(0, side - h)))
+            out = self.forward(padded, need_fp, upsample, fp_images)
+            return tuple(o[..., :h, :w] for o in out) if need_fp else out[..., :h, :w]
         dense, skips = self.encode(images)
+        n = images.shape[0]
         if need_fp:
-            perturb = lambda t: torch.cat([t, F.dropout2d(t, self.fp_dropout, training=True)])
+            sel = fp_images or slice(0, n)
+            perturb = lambda t: torch.cat([t, F.dropout2d(t[sel], self.fp_dropout, training=True)])
             dense, skips = perturb(dense), [perturb(s) for s in skips]
         logits = self.decode(dense, skips)
         if upsample:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.chunk(2) if need_fp else logits
+        return (logits[:n], logits[n:]) if need_fp else logits
 
 
 def decoder_config_for(cfg: SemiVLConfig, backbone: ClipBackbone) -> DecoderConfig:
@@ -102,13 +126,17 @@ def decoder_config_for(cfg: SemiVLConfig, backbone: ClipBackbone) -> DecoderConf
     return dataclasses.replace(cfg.decoder, embed_dim=backbone.embed_dim, skip_in_channels=tuple(skips))
 
 
-def build_semivl(cfg: SemiVLConfig, text: TextEmbeddings | None = None) -> SemiVL:
-    """Build the network: CLIP from open_clip (tag, file or random), text embeddings (cached), decoder."""
+def build_semivl(cfg: SemiVLConfig, text: TextEmbeddings | None = None, classes: ClassSet | None = None) -> SemiVL:
+    """Build the network: CLIP from open_clip (tag, file or random), text embeddings (cached), decoder.
+
+    ``text`` skips the text encoder (precomputed embeddings); ``classes`` replaces ``cfg.classes``.
+    """
     clip = create_clip(cfg.clip_model, cfg.pretrained)
     if text is None:
-        text = build_text_embeddings(cfg.classes, model_name=cfg.clip_model, pretrained=cfg.pretrained,
-                                     templates=cfg.templates, mode=cfg.decoder_text, clip_model=clip,
-                                     tokenizer=get_tokenizer(cfg.clip_model), cache_dir=cfg.text_cache_dir)
+        text = build_text_embeddings(classes if classes is not None else cfg.classes, model_name=cfg.clip_model,
+                                     pretrained=cfg.pretrained, templates=cfg.templates, mode=cfg.decoder_text,
+                                     clip_model=clip, tokenizer=get_tokenizer(cfg.clip_model),
+                                     cache_dir=cfg.text_cache_dir)
     backbone = ClipBackbone(clip.visual, cfg.image_size, cfg.guidance_layers, cfg.finetune, cfg.reference_port)
     del clip  # the text tower is not needed any more
     decoder = LanguageGuidedDecoder(decoder_config_for(cfg, backbone))
@@ -117,7 +145,7 @@ def build_semivl(cfg: SemiVLConfig, text: TextEmbeddings | None = None) -> SemiV
         conv_encoder = ResNetStem()
         if cfg.conv_encoder_pretrained:
             load_stem_checkpoint(conv_encoder, cfg.conv_encoder_pretrained)
-    return SemiVL(backbone, decoder, text, conv_encoder, cfg.fp_dropout)
+    return SemiVL(backbone, decoder, text, conv_encoder, cfg.fp_dropout, cfg.clip_renorm)
 
 
 def semivl_from_reference(checkpoint: str | dict, cfg: SemiVLConfig | None = None,

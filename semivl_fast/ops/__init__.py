@@ -10,8 +10,6 @@ from semivl_fast.ops.pseudo_label import (
 
 __all__ = [
     "box_mask",
-    "pseudo_label_loss",
-    "pseudo_label_loss_reference",
     "concept_max",
     "cost_volume",
     "cost_volume_reference",
@@ -19,4 +17,6 @@ __all__ = [
     "pseudo_label_filter",
     "pseudo_label_filter_cpp",
     "pseudo_label_filter_reference",
+    "pseudo_label_loss",
+    "pseudo_label_loss_reference",
 ]

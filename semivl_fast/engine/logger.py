@@ -1,0 +1,80 @@
+"""Run logging on rank 0: progress bar on a terminal (log lines otherwise), a log file, TensorBoard scalars/images."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semivl_fast.engine.dist import is_main
+
+LOG = logging.getLogger("semivl_fast")
+
+
+def setup_logging(out_dir: str | Path | None = None) -> None:
+    """Log lines to stdout (rank 0) and to ``out_dir/train.log``."""
+    LOG.setLevel(logging.INFO if is_main() else logging.WARNING)
+    LOG.handlers.clear()
+    LOG.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    LOG.addHandler(stream)
+    if out_dir is not None and is_main():
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(Path(out_dir) / "train.log")
+        file.setFormatter(fmt)
+        LOG.addHandler(file)
+
+
+class RunLogger:
+    """Scalars and images to TensorBoard (if installed and enabled) and a progress bar / periodic log lines."""
+
+    def __init__(self, out_dir: str | Path, total: int, tensorboard: bool = True, progress: bool = True,
+                 desc: str = "train") -> None:
+        self.main = is_main()
+        self.writer = None
+        if self.main and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:  # tensorboard not installed: scalars still go to the log
+                LOG.warning("tensorboard is not installed: scalars go to the log only")
+        self.bar = None
+        if self.main and progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def image(self, step: int, tag: str, image: torch.Tensor) -> None:
+        """(3, H, W) uint8 or float in [0, 1]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step)
+
+    def advance(self, n: int = 1, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
+                                     refresh=False)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            LOG.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

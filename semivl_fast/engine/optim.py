@@ -1,0 +1,34 @@
+"""AdamW with SemiVL's parameter groups and the per-iteration poly learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, multipliers: dict[str, float]) -> list[dict]:
+    """One group per top-level child (backbone, decoder, conv_encoder, ...); lr = base * multiplier[child].
+
+    Only trainable parameters enter; weight decay applies to all of them (norms included, as the reference's head).
+    Children without a multiplier train at the base lr.
+    """
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(name.split(".", 1)[0], []).append(p)
+    return [{"name": child, "params": params, "lr": lr * multipliers.get(child, 1.0), "weight_decay": weight_decay}
+            for child, params in groups.items()]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    multipliers: dict[str, float]) -> torch.optim.AdamW:
+    groups = param_groups(model, lr, weight_decay, multipliers)
+    if not groups:
+        raise ValueError("the model has no trainable parameters; check model.finetune")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, total_iters: int,
+                  power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr_g(it) = lr_g(0) * (1 - it / total_iters) ** power, stepped after every iteration, no warm-up."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / total_iters) ** power)

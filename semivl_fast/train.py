@@ -1,0 +1,236 @@
+"""Train SemiVL (semi-supervised; or the supervised-only baseline).
+
+    python -m semivl_fast.train                                    # synthetic world, tiny model, a few minutes on CPU
+    python -m semivl_fast.train --config configs/voc/92.yaml data.root=/data/voc data.split_dir=/data/splits
+    torchrun --nproc_per_node 4 -m semivl_fast.train --config configs/voc/92.yaml ...
+    python -m semivl_fast.train --resume runs/default               # continue the same run
+
+Any config key can be overridden as ``section.key=value`` (see semivl_fast/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from semivl_fast.checkpoint import (
+    TRAIN_STATE,
+    WEIGHTS,
+    export_weights,
+    load_train_state,
+    save_train_state,
+    set_rng_state,
+)
+from semivl_fast.config import Config, deep_update, from_dict, load_config, parse_overrides, save_config
+from semivl_fast.engine import dist
+from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
+from semivl_fast.engine.guidance import build_guidance
+from semivl_fast.engine.logger import LOG, RunLogger, setup_logging
+from semivl_fast.engine.optim import build_optimizer, poly_schedule
+from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
+from semivl_fast.evaluate import evaluate
+from semivl_fast.metrics import format_iou_table
+from semivl_fast.models.semivl import build_semivl
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU and GPU, fp16 on GPU (with a grad scaler), or nothing."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a GPU; use bf16 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise ValueError(f"train.amp={amp!r}; choose none, bf16 or fp16")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: configs/synthetic.yaml, the built-in default run)")
+    parser.add_argument("--resume", help="a run directory or last.pt to continue (its saved config is reused)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=200 data.split=8")
+    args = parser.parse_args(argv)
+    resume = args.resume
+    if resume:  # the saved config, with this command line's overrides on top
+        cfg = from_dict(deep_update(load_train_state(resume)["config"], parse_overrides(args.overrides)))
+    else:
+        cfg = load_config(args.config or default_config(), args.overrides)
+        resume = cfg.train.resume
+    if resume:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume))
+    return cfg, bool(resume)
+
+
+def default_config() -> Path:
+    """The built-in default run's config (configs/synthetic.yaml, installed as semivl_fast.configs)."""
+    from importlib.resources import files
+
+    return Path(str(files("semivl_fast.configs") / "synthetic.yaml"))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg, resuming = parse_args(argv)
+    rank, world, device = dist.init_distributed()
+    out_dir = Path(cfg.train.out_dir)
+    setup_logging(out_dir)
+    try:
+        return _train(cfg, resuming, rank, world, device, out_dir)
+    finally:
+        dist.cleanup()
+
+
+def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.device, out_dir: Path) -> dict:
+    t_start = time.time()
+    tc = cfg.train
+    state = load_train_state(tc.resume) if resuming else None
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")
+        LOG.info(f"semivl_fast run -> {out_dir} ({world} process{'es' if world > 1 else ''}, {device})")
+
+    if dist.is_main():  # rank 0 generates/validates the data first (synthetic world), the others reuse it
+        data = prepare_data(cfg.data, cfg.model.classes)
+    dist.barrier()
+    if not dist.is_main():
+        data = prepare_data(cfg.data, cfg.model.classes)
+    train_l, train_u, val = data.datasets
+    LOG.info(f"data: {cfg.data.dataset} split {cfg.data.split}: {len(set(train_l.pairs))} labeled, {len(train_u)} "
+             f"unlabeled, {len(val)} val images; classes: {data.class_set.num_classes}")
+
+    seed_everything(tc.seed)  # initial weights depend on the seed only (DDP also broadcasts them)
+    model = build_semivl(cfg.model, classes=data.class_set).to(device)
+    text = model.text
+    guidance = None
+    if tc.semi and tc.guidance:
+        guidance = build_guidance(cfg.model, data.class_set, tc.guidance_text).to(device)
+    if world > 1 and model.conv_encoder is not None:
+        model.conv_encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.conv_encoder)
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, {"backbone": tc.backbone_lr_mult,
+                                                               "decoder": tc.head_lr_mult,
+                                                               "conv_encoder": tc.conv_encoder_lr_mult})
+    bs = cfg.data.batch_size
+    loader_l = make_loader(train_l, bs, tc.seed, rank, world, cfg.data.num_workers)
+    loader_u = make_loader(train_u, bs, tc.seed + 1, rank, world, cfg.data.num_workers) if tc.semi else None
+    loader_o = (make_loader(train_u, bs, tc.seed + 2, rank, world, cfg.data.num_workers)
+                if tc.semi and tc.mix_partner == "loader" else None)
+    per_epoch = len(loader_u.sampler) // bs if tc.semi else len(loader_l.sampler) // bs
+    if per_epoch == 0:
+        raise ValueError(f"batch size {bs} x {world} processes is larger than the training set")
+    total = tc.iters or tc.epochs * per_epoch
+    scheduler = poly_schedule(optimizer, total, tc.poly_power)
+    scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
+    autocast = autocast_for(tc.amp, device)
+
+    step, best = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        step, best = state["step"], state["extra"].get("best_miou", -1.0)
+        set_rng_state(state["rng"])
+        LOG.info(f"resumed from {tc.resume} at iteration {step}/{total}")
+
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    def evaluate_now() -> dict:
+        model.eval()
+        shard = (val[i] for i in range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
+        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, autocast)
+        model.train()
+        return res
+
+    def checkpoint(metrics: dict | None = None) -> None:
+        if dist.is_main():
+            save_train_state(out_dir / TRAIN_STATE, model=model, optimizer=optimizer, scheduler=scheduler,
+                             scaler=scaler, step=step, epoch=step // per_epoch, cfg=cfg, text=text,
+                             extra={"best_miou": best})
+            export_weights(out_dir / WEIGHTS, model, cfg, text, metrics)
+
+    logger = RunLogger(out_dir, total, tc.tensorboard and dist.is_main(), tc.progress)
+    logger.advance(step)
+    losses: list[float] = []
+    eval_every = cfg.eval.every or per_epoch
+    result: dict[str, Any] = {}
+    model.train()
+    iters = None
+    t_iter = time.time()
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        if iters is None or offset == 0:
+            loaders = [loader for loader in (loader_l, loader_u, loader_o) if loader is not None]
+            for loader in loaders:
+                set_epoch(loader, epoch, offset)
+            iters = [iter(loader) for loader in loaders]
+        batch = [next(it) for it in iters]
+        img_x, mask_x = batch[0][0].to(device), batch[0][1].to(device)
+        if tc.semi:
+            u = UnlabeledBatch.from_loader(batch[1], device)
+            other = UnlabeledBatch.from_loader(batch[2], device) if loader_o is not None else None
+            loss, logs = semi_step(net, model, guidance, img_x, mask_x, u, other, tc, step / total, autocast)
+        else:
+            loss, logs = supervised_step(net, img_x, mask_x, autocast)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at iteration {step}; lower train.lr or use amp=none")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(float(logs["loss"]))
+        logger.advance(1, loss=losses[-1])
+        if step % tc.log_every == 0 or step == total:
+            scalars = {k: float(v) for k, v in logs.items()}
+            scalars["lr"] = optimizer.param_groups[0]["lr"]
+            logger.scalars(step, scalars)
+            rate = tc.log_every / max(time.time() - t_iter, 1e-9)
+            t_iter = time.time()
+            logger.line(f"iter {step}/{total} " + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()) +
+                        f" | {rate:.2f} it/s")
+        if step % eval_every == 0 or step == total:
+            res = evaluate_now()
+            best = max(best, res["miou"])
+            result = {**res, "best_miou": best}
+            logger.scalars(step, {"miou": res["miou"]}, prefix="val")
+            logger.line(f"iter {step}/{total} val mIoU {res['miou']:.2f} (best {best:.2f})")
+            checkpoint({"miou": res["miou"], "step": step})
+        elif tc.save_every and step % tc.save_every == 0:
+            checkpoint()
+    logger.close()
+    if dist.is_main() and result:
+        print(format_iou_table(torch.tensor(result["iou"]), list(data.class_set.classes),
+                               f"{cfg.data.dataset} val after {total} iterations"))
+        print(f"mIoU {result['miou']:.2f}  ({time.time() - t_start:.0f} s, weights: {out_dir / WEIGHTS})")
+    return {"miou": result.get("miou"), "best_miou": best, "iou": result.get("iou"), "losses": losses,
+            "steps": step, "out_dir": str(out_dir), "seconds": time.time() - t_start}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,155 @@
+"""End-to-end training on a tiny synthetic world: resume, DDP equivalence, AMP/compile, the baseline, evaluation."""
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from semivl_fast import train
+from semivl_fast.checkpoint import load_trained_model
+from semivl_fast.config import load_config
+
+TINY = ["model.clip_model=semivl-tiny", "model.pretrained=null", "model.image_size=48", "model.guidance_layers=0,2",
+        "model.decoder.embed_dim=64", "model.decoder.channels=32", "model.decoder.text_channels=32",
+        "model.decoder.ffn_channels=64", "model.decoder.aspp_rates=1,2,3", "model.decoder.up_channels=32,16",
+        "model.decoder.skip_channels=8,8", "data.crop_size=48", "data.batch_size=2", "data.num_workers=0",
+        "data.world_train=64", "data.world_val=4", "data.world_size=56", "data.split=8",
+        "train.tensorboard=false", "train.progress=false", "train.log_every=1", "eval.mode=whole"]
+
+
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("world"))
+
+
+def _args(world_root, out_dir, *extra):
+    return [*TINY, f"data.root={world_root}", f"model.text_cache_dir={out_dir}/text", f"train.out_dir={out_dir}",
+            *extra]
+
+
+def test_every_recipe_config_parses():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 21
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.data.dataset in ("synthetic", "voc", "coco", "ade", "cityscapes")
+
+
+def test_train_evaluate_and_reload(world_root, tmp_path):
+    out = tmp_path / "run"
+    result = train.main(_args(world_root, out, "train.iters=3", "eval.every=3"))
+    assert result["steps"] == 3 and len(result["losses"]) == 3
+    assert 0 <= result["miou"] <= 100
+    for name in ("config.yaml", "last.pt", "model.safetensors", "train.log"):
+        assert (out / name).is_file(), name
+    model, cfg = load_trained_model(out)
+    assert cfg.train.iters == 3 and model.num_classes == 9
+    from semivl_fast import evaluate
+
+    res = evaluate.main(["--checkpoint", str(out), "--json", f"data.root={world_root}"])
+    assert res["miou"] == pytest.approx(result["miou"], abs=1e-6)
+
+
+def test_resume_continues_with_the_same_losses(world_root, tmp_path, monkeypatch):
+    full = train.main(_args(world_root, tmp_path / "full", "train.iters=4", "train.save_every=2", "eval.every=100"))
+    calls = {"n": 0}
+    real_step = train.semi_step
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "semi_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_args(world_root, tmp_path / "cut", "train.iters=4", "train.save_every=2", "eval.every=100"))
+    monkeypatch.setattr(train, "semi_step", real_step)
+    resumed = train.main(["--resume", str(tmp_path / "cut")])
+    assert resumed["steps"] == 4
+    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(full["losses"][2:]), atol=1e-6,
+                               rtol=1e-6)
+
+
+def test_supervised_baseline(world_root, tmp_path):
+    result = train.main(_args(world_root, tmp_path / "sup", "train.semi=false", "train.iters=2", "eval.every=2"))
+    assert result["steps"] == 2 and result["miou"] is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, args, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = train.main(args)
+    queue.put((rank, result["losses"]))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(world_root, tmp_path):
+    """2 processes x batch 2 (gloo) == 1 process x batch 4: the same global batches give the same global losses.
+
+    Each process's logged loss is its share of the global mean (losses are normalised by the global pixel count),
+    so the mean over the processes must equal the single process's loss at every step. (Weights are not compared:
+    Adam's first steps are sign-like, so float summation order flips the update of gradients that are ~0.)
+    """
+    common = ["train.iters=3", "train.use_fp=false", "eval.every=100"]
+    single = train.main(_args(world_root, tmp_path / "one", *common, "data.batch_size=4"))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    args = _args(world_root, tmp_path / "two", *common, "data.batch_size=2")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, args, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+        assert p.exitcode == 0, "a DDP worker failed"
+    per_rank = dict(queue.get() for _ in procs)
+    ddp = (torch.tensor(per_rank[0]) + torch.tensor(per_rank[1])) / 2
+    torch.testing.assert_close(ddp, torch.tensor(single["losses"]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["train.amp=bf16"], ["train.compile=true"]], ids=["bf16", "compile"])
+def test_mixed_precision_and_compile_on_cpu(world_root, tmp_path, extra):
+    result = train.main(_args(world_root, tmp_path / "run", "train.iters=2", "eval.every=2", *extra))
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("recipe", ["voc/92", "coco/1_512", "ade/1_128", "cityscapes/1_16"])
+def test_dataset_recipe_runs_on_fixture_data(recipe, tmp_path):
+    """Each dataset's recipe for a few iterations on a fixture folder in that dataset's layout (tiny model)."""
+    from pathlib import Path
+
+    from semivl_fast.data import get_spec, write_split
+
+    from layouts import make_layout
+
+    dataset, split = recipe.split("/")
+    root, split_dir = tmp_path / "data", tmp_path / "splits"
+    pairs = make_layout(root, dataset, n=6, hw=(60, 76))
+    write_split(split_dir / dataset / split / "labeled.txt", pairs[:2])
+    write_split(split_dir / dataset / split / "unlabeled.txt", pairs[2:])
+    write_split(split_dir / dataset / "val.txt", pairs[4:])
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
+    extra = ["model.guidance_layers=2", "model.decoder.skip_channels=8,8"] if dataset == "cityscapes" else []
+    args = [a for a in TINY if not a.startswith(("data.world", "data.split=", "eval.mode"))]
+    result = train.main(["--config", str(config), *args, *extra, f"data.root={root}", f"data.split_dir={split_dir}",
+                         f"train.out_dir={tmp_path / 'run'}", f"model.text_cache_dir={tmp_path / 'text'}",
+                         "data.batch_size=1", "train.iters=2", "eval.every=2", "model.pretrained=null"])
+    assert result["steps"] == 2 and len(result["iou"]) == get_spec(dataset).num_classes
