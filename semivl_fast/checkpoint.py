@@ -39,12 +39,12 @@ def _atomic(path: Path, write) -> None:
 
 def text_state(text: TextEmbeddings) -> dict[str, Any]:
     return {"embeddings": text.embeddings.cpu(), "groups": text.groups.cpu(), "num_classes": text.num_classes,
-            "mode": text.mode, "texts": list(text.texts)}
+            "mode": text.mode, "texts": list(text.texts), "classes": list(text.classes)}
 
 
 def text_from_state(state: dict[str, Any]) -> TextEmbeddings:
     return TextEmbeddings(state["embeddings"].float(), state["groups"].long(), int(state["num_classes"]),
-                          state["mode"], tuple(state["texts"]))
+                          state["mode"], tuple(state["texts"]), classes=tuple(state.get("classes", ())))
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,7 +97,8 @@ def export_weights(path: str | Path, model: nn.Module, cfg: Config, text: TextEm
     tensors["text.embeddings"] = text.embeddings.contiguous().cpu()
     tensors["text.groups"] = text.groups.contiguous().cpu()
     meta = {"config": json.dumps(to_dict(cfg)), "text_mode": text.mode, "num_classes": str(text.num_classes),
-            "texts": json.dumps(list(text.texts)), "metrics": json.dumps(metrics or {})}
+            "texts": json.dumps(list(text.texts)), "classes": json.dumps(list(text.classes)),
+            "metrics": json.dumps(metrics or {})}
     _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -109,7 +110,8 @@ def _read_weights(path: Path) -> tuple[Config, dict[str, torch.Tensor], TextEmbe
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
         text = TextEmbeddings(tensors.pop("text.embeddings").float(), tensors.pop("text.groups").long(),
-                              int(meta["num_classes"]), meta["text_mode"], tuple(json.loads(meta["texts"])))
+                              int(meta["num_classes"]), meta["text_mode"], tuple(json.loads(meta["texts"])),
+                              classes=tuple(json.loads(meta.get("classes", "[]"))))
         state = {k[len("model."):]: v for k, v in tensors.items()}
         return from_dict(json.loads(meta["config"])), state, text
     ckpt = load_train_state(path)

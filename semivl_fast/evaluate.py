@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.json:
             print(json.dumps(result))
         else:
-            names = [t for t in dataset.class_names] if hasattr(dataset, "class_names") else \
-                [str(c) for c in range(model.num_classes)]
+            names = list(model.text.classes) or [str(c) for c in range(model.num_classes)]
             print(format_iou_table(torch.tensor(result["iou"]), names,
                                    f"{cfg.data.dataset} val, {result['images']} images"))
     return result

@@ -41,6 +41,7 @@ from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
 from semivl_fast.models.semivl import build_semivl
+from semivl_fast.visualize import denormalize, overlay
 
 
 def seed_everything(seed: int) -> None:
@@ -153,12 +154,18 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=False)  # training shapes are fixed: static graphs, no symbolic sizes
 
     def evaluate_now() -> dict:
         model.eval()
         shard = (val[i] for i in range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
         res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, autocast)
+        if logger.writer is not None:  # one prediction overlay per evaluation
+            image, _, _ = val[0]
+            with torch.no_grad(), autocast:
+                labels = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+            picture = overlay(denormalize(image, val.mean, val.std), labels, list(data.class_set.classes))
+            logger.image(step, "val/prediction", torch.from_numpy(np.asarray(picture)).permute(2, 0, 1))
         model.train()
         return res
 

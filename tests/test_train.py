@@ -3,6 +3,7 @@
 import os
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +154,25 @@ def test_dataset_recipe_runs_on_fixture_data(recipe, tmp_path):
                          f"train.out_dir={tmp_path / 'run'}", f"model.text_cache_dir={tmp_path / 'text'}",
                          "data.batch_size=1", "train.iters=2", "eval.every=2", "model.pretrained=null"])
     assert result["steps"] == 2 and len(result["iou"]) == get_spec(dataset).num_classes
+
+
+def test_predict_writes_overlays_for_any_classes(world_root, tmp_path):
+    from PIL import Image
+
+    from semivl_fast import predict
+
+    out = tmp_path / "run"
+    train.main(_args(world_root, out, "train.iters=1", "eval.every=1", "train.tensorboard=true"))
+    assert any((out / "tb").iterdir()), "no TensorBoard events written"
+    images = sorted((Path(world_root)).rglob("JPEGImages/*.png"))[:2]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    written = predict.main(["--checkpoint", str(out), "--input", str(folder), "--output", str(tmp_path / "o1")])
+    assert len(written) == 2
+    width = Image.open(written[0]).size[0]
+    assert width > Image.open(images[0]).size[0], "legend missing"
+    written = predict.main(["--checkpoint", str(out / "model.safetensors"), "--input", str(images[0]), "--output",
+                            str(tmp_path / "o2"), "--classes", "ball,coin,grass"])
+    assert len(written) == 1 and written[0].is_file()

@@ -54,6 +54,7 @@ class TextEmbeddings:
     mode: str
     texts: tuple[str, ...] = ()
     key: str = ""
+    classes: tuple[str, ...] = ()  # class names in label order
 
     @classmethod
     def from_rows(cls, rows: Tensor, class_set: ClassSet | str | Sequence[str], mode: str = "single") -> TextEmbeddings:
@@ -66,7 +67,8 @@ class TextEmbeddings:
         if rows.dim() != 2 or rows.shape[0] != len(texts):
             raise ValueError(f"text embedding rows must be ({len(texts)}, C) for class set {class_set.name!r} in mode "
                              f"{mode!r}, got {tuple(rows.shape)}")
-        return cls(F.normalize(rows.float(), dim=-1), groups, class_set.num_classes, mode, tuple(texts))
+        return cls(F.normalize(rows.float(), dim=-1), groups, class_set.num_classes, mode, tuple(texts),
+                   classes=class_set.classes)
 
     @property
     def num_rows(self) -> int:
@@ -75,7 +77,7 @@ class TextEmbeddings:
     def to(self, device: torch.device | str) -> TextEmbeddings:
         """A copy with the tensors on ``device``."""
         return TextEmbeddings(self.embeddings.to(device), self.groups.to(device), self.num_classes, self.mode,
-                              self.texts, self.key)
+                              self.texts, self.key, self.classes)
 
     def aggregate(self, scores: Tensor) -> Tensor:
         """(B, R, H, W) per-row scores -> (B, num_classes, H, W): the concept max in mode "max", else unchanged."""
@@ -199,6 +201,7 @@ def build_text_embeddings(class_set: ClassSet | str | Sequence[str], *, model_na
     if use_cache and path.is_file():
         cached = _load_cached(path, key, mode, class_set.num_classes)
         if cached is not None:
+            cached.classes = class_set.classes
             return cached
 
     if clip_model is None:
@@ -211,7 +214,8 @@ def build_text_embeddings(class_set: ClassSet | str | Sequence[str], *, model_na
     rows = combine_rows(raw, groups, class_set.num_classes, mode)
     row_groups = torch.arange(class_set.num_classes, dtype=torch.int64) if mode == "avg" else groups
     row_texts = class_set.classes if mode == "avg" else tuple(texts)
-    te = TextEmbeddings(rows.contiguous(), row_groups, class_set.num_classes, mode, tuple(row_texts), key)
+    te = TextEmbeddings(rows.contiguous(), row_groups, class_set.num_classes, mode, tuple(row_texts), key,
+                        class_set.classes)
     if use_cache:
         meta = {"key": key, "format": str(CACHE_FORMAT), "model": model_name,
                 "weights": pretrained_identity(pretrained), "mode": mode, "class_set": class_set.name,
