@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNEL_MODULES = ("cost_volume", "class_attention", "pseudo_label")
+KERNEL_MODULES = ("cost_volume", "class_attention", "pl_loss")
 TARGETS = (80, 90)
 # Largest shared memory one block may use (opt-in limit): A100 163 KiB, H100 227 KiB.
 SHARED_LIMIT = {80: 166_912, 90: 232_448}
