@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semivl_fast.ops.class_attention import class_attention
 from semivl_fast.ops.cost_volume import cost_volume, ensemble_text
 
 
@@ -135,11 +136,9 @@ class ClassAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (L, N, D): L independent sequences of N class tokens → (L, N, D)."""
-        L, N, D = x.shape
-        qkv = self.qkv(x).view(L, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (L, heads, N, D/heads) each
-        out = F.scaled_dot_product_attention(q, k, v)  # (L, heads, N, D/heads)
-        return self.proj(out.transpose(1, 2).reshape(L, N, D))
+        # The fused op reads q, k, v straight from the packed projection (L, N, 3D) and writes (L, N, D) for
+        # ``proj``: no head split / merge copies; C++ kernel on CPU, Triton on CUDA (semivl_fast.ops.class_attention).
+        return self.proj(class_attention(self.qkv(x), self.num_heads))
 
 
 class FeedForward(nn.Module):
@@ -150,8 +149,12 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: Tensor, keep: int | None = None) -> Tensor:
+        """``keep``: compute only the first ``keep`` output channels (the rows of fc2 that are used)."""
+        h = F.gelu(self.fc1(x))
+        if keep is None:
+            return self.fc2(h)
+        return F.linear(h, self.fc2.weight[:keep], self.fc2.bias[:keep])
 
 
 class ClassAttentionLayer(nn.Module):
@@ -164,9 +167,12 @@ class ClassAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = FeedForward(dim, ffn_channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: int | None = None) -> Tensor:
+        """x (L, N, D) -> (L, N, D), or only its first ``keep`` channels (exact: the FFN's other rows are skipped)."""
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if keep is None:
+            return x + self.mlp(self.norm2(x))
+        return x[..., :keep] + self.mlp(self.norm2(x), keep)
 
 
 class ClassAggregation(nn.Module):
@@ -191,7 +197,7 @@ class ClassAggregation(nn.Module):
             hp, wp = xp.shape[-2:]
             tokens = xp.reshape(b, n, c, hp * wp).permute(0, 3, 1, 2).reshape(b * hp * wp, n, c)  # (B·h'w', N, c)
             tokens = torch.cat([tokens, t.expand(b * hp * wp, -1, -1)], dim=-1)  # (B·h'w', N, c + ct)
-            tokens = layer(tokens)[..., :c]  # keep the visual channels
+            tokens = layer(tokens, keep=c)  # only the visual channels are kept: (B·h'w', N, c)
             xp = tokens.reshape(b, hp * wp, n, c).permute(0, 2, 3, 1).reshape(m, c, hp, wp)
             x = x + F.interpolate(xp, size=(h, w), mode="bilinear", align_corners=True)
         return x

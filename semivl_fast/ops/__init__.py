@@ -1,5 +1,6 @@
 """The op layer: every op has a PyTorch reference, kernels (C++ CPU, CUDA C++ / Triton GPU) and one dispatcher."""
 
+from semivl_fast.ops.class_attention import class_attention, class_attention_reference
 from semivl_fast.ops.cost_volume import concept_max, cost_volume, cost_volume_reference, ensemble_text
 from semivl_fast.ops.pl_loss import box_mask, pseudo_label_loss, pseudo_label_loss_reference
 from semivl_fast.ops.pseudo_label import (
@@ -10,6 +11,8 @@ from semivl_fast.ops.pseudo_label import (
 
 __all__ = [
     "box_mask",
+    "class_attention",
+    "class_attention_reference",
     "concept_max",
     "cost_volume",
     "cost_volume_reference",
