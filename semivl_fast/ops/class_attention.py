@@ -280,6 +280,8 @@ def class_attention(qkv: Tensor, num_heads: int, scale: float | None = None) -> 
     sc = _scale(qkv, num_heads, scale)
     if not math.isfinite(sc):
         raise ValueError(f"{OP}: argument 'scale' must be finite, got {scale!r}")
+    if _common.backend(OP, qkv.device, _FACES) == "reference":  # plain PyTorch: torch.compile sees inside
+        return class_attention_reference(qkv, num_heads, sc)
     qkv = _unit_last(qkv)
     if _fallback(qkv, num_heads):
         return _attention_library(qkv, num_heads, sc)

@@ -1,0 +1,170 @@
+"""Benchmark machinery: interleaved timing, peak memory, a roofline floor, and result records.
+
+CPU: each implementation is timed in rounds that interleave the implementations (so load on the machine hits
+them alike) and the median is reported; peak memory is the live tensor bytes rebuilt from the profiler's
+allocation records. GPU: ``triton.testing.do_bench`` and ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Machine:
+    """Measured peak throughput of this machine: the roofline's two roofs."""
+
+    device: str
+    flops: float  # FLOP/s of a large fp32 GEMM
+    bandwidth: float  # bytes/s of a large copy (read + write)
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    impl: str
+    ms: float
+    peak_mb: float | None
+    flop: float
+    bytes: float
+    floor_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def roofline(self) -> float:
+        """Share of the roofline floor reached: floor time / measured time."""
+        return self.floor_ms / self.ms if self.ms > 0 else float("nan")
+
+
+def measure_machine(device: torch.device) -> Machine:
+    """Peak GEMM FLOP/s and copy bandwidth, measured now (same load as the benchmark)."""
+    n = 2048 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    src = torch.randn(64 * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    gemm = time_fn(lambda: a @ b, device, repeats=5)
+    copy = time_fn(lambda: dst.copy_(src), device, repeats=5)
+    return Machine(str(device), 2 * n**3 / (gemm / 1e3), 2 * src.numel() * 4 / (copy / 1e3))
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int = 10) -> float:
+    """Median milliseconds of ``fn`` (after one warm-up call)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 7) -> dict[str, float]:
+    """Median milliseconds per implementation, timing them in alternating rounds (fair under noisy load)."""
+    if device.type == "cuda":
+        return {name: time_fn(fn, device) for name, fn in fns.items()}
+    for fn in fns.values():  # warm-up (and compilation) outside the timing
+        fn()
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak extra tensor memory (MB) of one call of ``fn`` (already warmed up: compilation excluded).
+
+    CUDA: the caching allocator's peak. CPU: the live-bytes curve rebuilt from the profiler's allocation records
+    (each op's own allocations at its start, frees when they happen), so inputs and outputs alive before the call
+    do not count and allocator caching does not blur it.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def environment() -> dict[str, Any]:
+    """Device, versions and commit, stored with every result."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip())
+    except OSError:
+        commit, dirty = "unknown", False
+    import semivl_fast
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "triton": triton_version, "python": platform.python_version(),
+            "commit": commit + ("+dirty" if dirty else ""),
+            "build": {k: v for k, v in semivl_fast.build_info().items() if k in ("cpu_kernels", "cuda_kernels")}}
+
+
+def format_table(rows: list[Row], baseline: str = "eager") -> str:
+    """One line per (op, case, impl): time, speed-up over ``baseline``, peak memory, its ratio, roofline share."""
+    base = {(r.op, r.case): r for r in rows if r.impl == baseline}
+    head = (f"{'op':18s} {'case':26s} {'impl':10s} {'median ms':>10s} {'speed-up':>9s} {'peak MB':>9s} "
+            f"{'mem ratio':>9s} {'roofline':>9s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        b = base.get((r.op, r.case))
+        speed = f"{b.ms / r.ms:8.2f}x" if b else ""
+        mem_ratio = f"{b.peak_mb / r.peak_mb:8.1f}x" if b and b.peak_mb and r.peak_mb else ""
+        peak = f"{r.peak_mb:9.1f}" if r.peak_mb is not None else f"{'-':>9s}"
+        lines.append(f"{r.op:18s} {r.case:26s} {r.impl:10s} {r.ms:10.2f} {speed:>9s} {peak} {mem_ratio:>9s} "
+                     f"{100 * r.roofline:8.1f}%")
+    return "\n".join(lines)
+
+
+def save_results(name: str, rows: list[Row], machine: Machine, env: dict[str, Any]) -> Path:
+    """Append one JSON line per row to ``bench/results/<name>.jsonl``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**env, "machine": asdict(machine), **asdict(r), "roofline": r.roofline}) + "\n")
+    return path
