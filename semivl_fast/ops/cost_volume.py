@@ -1,6 +1,20 @@
 """Dense vision-text cost volume: cosine similarity of every pixel feature with every class text embedding.
 
-So far only the PyTorch reference; the fused kernels come with the kernels issue.
+``cost_volume_reference`` (plain PyTorch) is the spec. The fused faces compute the same thing without a normalised
+copy of the image or a (B, R, H, W) concept-row tensor: the C++ CPU kernel (``csrc/cpu/cost_volume.cpp``, BLAS on
+pixel blocks) and the Triton GPU kernels (``kernels/cost_volume.py``), forward and backward. ``cost_volume`` is the
+public, differentiable entry point: it ensembles the (tiny) text side in PyTorch and calls the custom op
+``semivl_fast::cost_volume`` (backward: ``semivl_fast::cost_volume_backward``), which picks the face by device
+(``SEMIVL_FAST_BACKEND_COST_VOLUME`` = reference | cpp | triton overrides).
+
+Concept max: a class's score is the max over its rows; its gradient goes to the rows attaining the max, split
+evenly between ties (as ``scatter_reduce(amax)`` does; bitwise-identical rows of a class always tie). Classes without
+rows score -inf, like the reference.
+
+Faces: reference (any dtype/device); cpp (CPU; float64/32/16, bfloat16; float32 accumulation for 16-bit); triton
+(CUDA, or CPU under TRITON_INTERPRET=1; float32/16, bfloat16; fp32 dots on TF32 tensor cores unless
+``SEMIVL_FAST_TF32=0``; with groups at most 1024 rows). float64 CUDA tensors and larger concept sets go to the
+reference automatically.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from torch import Tensor
 from semivl_fast.ops import _common
 
 OP = "cost_volume"
+EPS = 1e-12  # F.normalize's default
 
 
 def ensemble_text(text: Tensor) -> Tensor:
@@ -32,6 +47,43 @@ def concept_max(scores: Tensor, groups: Tensor, num_classes: int) -> Tensor:
     return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
 
 
+def _check(image: Tensor, text: Tensor, groups: Tensor | None, num_classes: int | None) -> int:
+    """Validate the public arguments; returns the number of output channels."""
+    _common.check_tensor(OP, "image", image, dim=4, floating=True)
+    _common.check_tensor(OP, "text", text, floating=True)
+    if text.dim() not in (2, 3) or text.shape[-1] != image.shape[1]:
+        raise ValueError(f"{OP}: argument 'text' must be (N, C) or (N, T, C) with C = {image.shape[1]} "
+                         f"(the image channels), got {tuple(text.shape)}")
+    if text.shape[0] < 1 or (text.dim() == 3 and text.shape[1] < 1):
+        raise ValueError(f"{OP}: argument 'text' needs at least one row (and template), got {tuple(text.shape)}")
+    if text.device != image.device:
+        raise ValueError(f"{OP}: argument 'text' is on {text.device} but 'image' on {image.device}")
+    if groups is None:
+        return text.shape[0]
+    _common.check_tensor(OP, "groups", groups, dim=1)
+    if groups.dtype != torch.int64:
+        raise TypeError(f"{OP}: argument 'groups' must be int64 (class of every text row), got {groups.dtype}")
+    if groups.shape != (text.shape[0],):
+        raise ValueError(f"{OP}: argument 'groups' must have shape ({text.shape[0]},), got {tuple(groups.shape)}")
+    if num_classes is None:
+        num_classes = int(groups.max()) + 1
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"{OP}: argument 'num_classes' must be >= 1, got {num_classes}")
+    if not torch.compiler.is_compiling():  # data-dependent: skipped while tracing
+        lo, hi = int(groups.min()), int(groups.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{OP}: argument 'groups' values must lie in [0, num_classes = {num_classes}), got "
+                             f"[{lo}, {hi}]")
+    return num_classes
+
+
+def _rows_reference(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    """The reference on unit text rows (R, C) already in the image dtype (no further text normalisation)."""
+    scores = torch.einsum("bchw,nc->bnhw", F.normalize(image, dim=1), rows)
+    return scores if groups is None else concept_max(scores, groups, num_classes)
+
+
 def cost_volume_reference(image: Tensor, text: Tensor, groups: Tensor | None = None,
                           num_classes: int | None = None) -> Tensor:
     """Reference: ``einsum('bchw,nc->bnhw', normalize(image), ensemble_text(text))``, then the concept max.
@@ -39,19 +91,187 @@ def cost_volume_reference(image: Tensor, text: Tensor, groups: Tensor | None = N
     image (B, C, H, W); text (N, C) or (N, T, C) with T prompt templates; groups (N,) class of each text row.
     Returns (B, N, H, W), or (B, num_classes, H, W) when ``groups`` is given.
     """
-    _common.check_tensor(OP, "image", image, dim=4, floating=True)
-    _common.check_tensor(OP, "text", text, floating=True)
-    if text.dim() not in (2, 3) or text.shape[-1] != image.shape[1]:
-        raise ValueError(f"{OP}: argument 'text' must be (N, C) or (N, T, C) with C = {image.shape[1]} "
-                         f"(the image channels), got {tuple(text.shape)}")
-    scores = torch.einsum("bchw,nc->bnhw", F.normalize(image, dim=1), ensemble_text(text).to(image.dtype))
+    k = _check(image, text, groups, num_classes)
+    return _rows_reference(image, ensemble_text(text).to(image.dtype), groups, k)
+
+
+# ------------------------------------------------------------------------------------------ faces on unit text rows
+
+
+def _fwd_reference(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    return _rows_reference(image, rows, groups, num_classes).contiguous()
+
+
+def duplicate_rows(rows: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """For every row (R, C) of class ``groups`` (R,): the first row of the same class with bitwise-identical values
+    (itself if none) and how many rows share it, both (R,) int64.
+
+    Identical rows tie exactly in the concept max, but a GEMM may round their scores differently (BLAS edge tiles,
+    tensor-core fragments); the backward faces use this to treat them as the ties they are.
+    """
+    r = rows.shape[0]
+    key = torch.cat([groups.to(torch.float64)[:, None], rows.detach().to(torch.float64)], 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    index = torch.arange(r, device=rows.device)
+    first = torch.full((r,), r, dtype=torch.int64, device=rows.device).scatter_reduce(0, inverse, index, "amin")
+    return first[inverse], torch.bincount(inverse, minlength=r)[inverse]
+
+
+def _bwd_reference(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
+                   need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    """The gradients of ``_rows_reference`` written out (autograd does not run inside a custom op).
+
+    G (B, R, H, W) is the upstream gradient of every row's score: ``grad`` itself, or with groups the class gradient
+    on the rows attaining the class max, split evenly between ties (``scatter_reduce(amax)``'s rule; identical rows
+    always tie, see ``duplicate_rows``). Then
+    d = G^T rows, dx = (d - (d . x_hat) x_hat) / max(|x|, eps) (no projection where |x| < eps, F.normalize's clamp),
+    d rows = sum over pixels of G x_hat.
+    """
+    x_hat = F.normalize(image, dim=1)
+    grad = grad.to(image.dtype)
     if groups is None:
-        return scores
-    if groups.shape != (text.shape[0],):
-        raise ValueError(f"{OP}: argument 'groups' must have shape ({text.shape[0]},), got {tuple(groups.shape)}")
-    return concept_max(scores, groups, int(num_classes if num_classes is not None else groups.max() + 1))
+        g_rows = grad
+    else:
+        scores = torch.einsum("bchw,nc->bnhw", x_hat, rows)[:, duplicate_rows(rows, groups)[0]]
+        best = concept_max(scores, groups, num_classes)[:, groups]  # (B, R, H, W): the max of each row's class
+        tied = (scores == best).to(image.dtype)
+        count = tied.new_zeros((tied.shape[0], num_classes, *tied.shape[2:])).index_add_(1, groups, tied)[:, groups]
+        g_rows = grad[:, groups] * tied / count.clamp_min(1)
+    gx = gt = None
+    if need_image:
+        norm = image.norm(dim=1, keepdim=True)
+        d = torch.einsum("bnhw,nc->bchw", g_rows, rows)
+        proj = (d * x_hat).sum(1, keepdim=True) * (norm >= EPS)
+        gx = ((d - proj * x_hat) / norm.clamp_min(EPS)).contiguous()
+    if need_text:
+        gt = torch.einsum("bnhw,bchw->nc", g_rows, x_hat).contiguous()
+    return (gx if need_image else image.new_empty((0,)), gt if need_text else rows.new_empty((0,)))
+
+
+def _require_cpu(image: Tensor) -> None:
+    _common.require_ext(OP, image.device)
+    if image.device.type != "cpu":
+        raise ValueError(f"{OP}: the C++ face runs on CPU tensors, got {image.device}; use backend 'triton' on GPUs")
+
+
+def _fwd_cpp(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    _require_cpu(image)
+    k = num_classes if groups is not None else rows.shape[0]
+    out = _common.empty((image.shape[0], k, *image.shape[2:]), image.dtype, image.device)
+    torch.ops.semivl_fast_C.cost_volume_forward_(image.contiguous(), rows.contiguous(), groups, num_classes, out)
+    return out
+
+
+def _bwd_cpp(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
+             need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    _require_cpu(image)
+    gx = _common.empty(image.shape, image.dtype, image.device) if need_image else image.new_empty((0,))
+    gt = _common.empty(rows.shape, rows.dtype, rows.device) if need_text else rows.new_empty((0,))
+    torch.ops.semivl_fast_C.cost_volume_backward_(grad.to(image.dtype).contiguous(), image.contiguous(),
+                                                  rows.contiguous(), groups, num_classes,
+                                                  gx if need_image else None, gt if need_text else None)
+    return gx, gt
+
+
+def _fwd_triton(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    from semivl_fast.kernels.cost_volume import cost_volume_fwd
+
+    return cost_volume_fwd(image, rows, groups, num_classes)
+
+
+def _bwd_triton(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
+                need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    from semivl_fast.kernels.cost_volume import cost_volume_bwd
+
+    return cost_volume_bwd(grad, image, rows, groups, num_classes, out, need_image, need_text)
+
+
+_FWD = {"reference": _fwd_reference, "cpp": _fwd_cpp, "triton": _fwd_triton}
+_BWD = {"reference": _bwd_reference, "cpp": _bwd_cpp, "triton": _bwd_triton}
+_FACES = ("cpp", "triton")
+
+
+_TRITON_MAX_GROUPED_ROWS = 1024  # = semivl_fast.kernels.cost_volume.MAX_GROUPED_ROWS (all rows of a tile in registers)
+
+
+def _face(image: Tensor, rows: Tensor, groups: Tensor | None) -> str:
+    choice = _common.backend(OP, image.device, _FACES)
+    # What the Triton kernels do not cover (float64; more than 1024 concept rows) runs through the reference.
+    if choice == "triton" and (image.dtype == torch.float64 or
+                               (groups is not None and rows.shape[0] > _TRITON_MAX_GROUPED_ROWS)):
+        return "reference"
+    return choice
+
+
+@torch.library.custom_op("semivl_fast::cost_volume", mutates_args=())
+def _cost_volume_op(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    return _FWD[_face(image, rows, groups)](image, rows, groups, num_classes)
+
+
+@_cost_volume_op.register_fake
+def _(image, rows, groups, num_classes):
+    k = rows.shape[0] if groups is None else num_classes
+    return image.new_empty((image.shape[0], k, image.shape[2], image.shape[3]))
+
+
+@torch.library.custom_op("semivl_fast::cost_volume_backward", mutates_args=())
+def _cost_volume_backward_op(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int,
+                             out: Tensor, need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    return _BWD[_face(image, rows, groups)](grad, image, rows, groups, num_classes, out, need_image, need_text)
+
+
+@_cost_volume_backward_op.register_fake
+def _(grad, image, rows, groups, num_classes, out, need_image, need_text):
+    return (image.new_empty(image.shape if need_image else (0,)), rows.new_empty(rows.shape if need_text else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    image, rows, groups, num_classes = inputs
+    ctx.save_for_backward(image, rows, groups, output)
+    ctx.num_classes = num_classes
+
+
+def _backward(ctx, grad):
+    image, rows, groups, out = ctx.saved_tensors
+    need_image, need_text = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx, gt = _cost_volume_backward_op(grad, image, rows, groups, ctx.num_classes, out, need_image, need_text)
+    return gx if need_image else None, gt if need_text else None, None, None
+
+
+_cost_volume_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _prepare(image: Tensor, text: Tensor, groups: Tensor | None,
+             num_classes: int | None) -> tuple[Tensor, Tensor | None, int]:
+    k = _check(image, text, groups, num_classes)
+    rows = ensemble_text(text).to(image.dtype).contiguous()
+    if groups is not None:
+        groups = groups.to(image.device).contiguous()
+    return rows, groups, k
 
 
 def cost_volume(image: Tensor, text: Tensor, groups: Tensor | None = None, num_classes: int | None = None) -> Tensor:
-    """Cosine cost volume (B, N, H, W) of image features (B, C, H, W) and text (N, C) / (N, T, C); see reference."""
-    return cost_volume_reference(image, text, groups, num_classes)
+    """Cosine cost volume of image features (B, C, H, W) and text (N, C) / (N, T, C) embeddings; differentiable.
+
+    Templates are ensembled as in ``ensemble_text``; with ``groups`` (N,) int64 (class of every row) the output is the
+    concept max over ``num_classes`` classes (default ``groups.max() + 1``; pass it under torch.compile). Returns
+    (B, N, H, W) or (B, num_classes, H, W) in the image dtype, contiguous; same values as ``cost_volume_reference``.
+    """
+    if _common.backend(OP, image.device, _FACES) == "reference":  # plain PyTorch: torch.compile sees inside
+        return cost_volume_reference(image, text, groups, num_classes)
+    rows, groups, k = _prepare(image, text, groups, num_classes)
+    return _cost_volume_op(image, rows, groups, k)
+
+
+def cost_volume_cpp(image: Tensor, text: Tensor, groups: Tensor | None = None,
+                    num_classes: int | None = None) -> Tensor:
+    """Forward of the C++ CPU kernel alone (no autograd); same contract as ``cost_volume_reference``."""
+    rows, groups, k = _prepare(image, text, groups, num_classes)
+    return _fwd_cpp(image, rows, groups, k)
+
+
+def cost_volume_triton(image: Tensor, text: Tensor, groups: Tensor | None = None,
+                       num_classes: int | None = None) -> Tensor:
+    """Forward of the Triton kernel alone (no autograd; CUDA, or CPU under TRITON_INTERPRET=1)."""
+    rows, groups, k = _prepare(image, text, groups, num_classes)
+    return _fwd_triton(image, rows, groups, k)
