@@ -2,6 +2,10 @@
 
     python -m semivl_fast.evaluate --checkpoint runs/default              # the run's own validation set
     python -m semivl_fast.evaluate --checkpoint model.safetensors data.root=/data/voc data.split_dir=/data/splits
+    python -m semivl_fast.evaluate --zero-shot --checkpoint runs/vilseg                       # ViL-Seg, synthetic val
+    python -m semivl_fast.evaluate --zero-shot --checkpoint runs/vilseg --method maskclip     # MaskCLIP baseline
+    python -m semivl_fast.evaluate --zero-shot --method maskclip --clip-model ViT-B-16 --pretrained openai \
+        data.dataset=voc data.root=/data/voc data.norm=clip eval.mode=sliding data.crop_size=448
 """
 
 from __future__ import annotations
@@ -59,11 +63,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from semivl_fast.engine.data import build_val_dataset
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a run directory")
+    parser.add_argument("--checkpoint", help="model.safetensors, last.pt or a run directory (with --zero-shot: a "
+                        "ViL-Seg pretraining run, vilseg.safetensors or its last.pt)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_zero_shot_args(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/voc")
     args = parser.parse_args(argv)
+    if args.zero_shot:
+        return zero_shot_main(args)
+    if not args.checkpoint:
+        parser.error("--checkpoint is required")
 
     model, cfg = load_trained_model(args.checkpoint, args.device)
     cfg: Config = from_dict(deep_update(to_dict(cfg), parse_overrides(args.overrides)))
@@ -77,6 +87,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             names = list(model.text.classes) or [str(c) for c in range(model.num_classes)]
             print(format_iou_table(torch.tensor(result["iou"]), names,
                                    f"{cfg.data.dataset} val, {result['images']} images"))
+    return result
+
+
+def add_zero_shot_args(parser: argparse.ArgumentParser) -> None:
+    """The ``--zero-shot`` options shared by evaluate and predict."""
+    g = parser.add_argument_group("zero-shot (ViL-Seg / MaskCLIP, no segmentation training)")
+    g.add_argument("--zero-shot", action="store_true", help="segment by comparing image and class-name embeddings")
+    g.add_argument("--method", default="vilseg", choices=("vilseg", "maskclip"),
+                   help="vilseg: clusters classified by text; maskclip: training-free dense CLIP baseline")
+    g.add_argument("--clip-model", help="open_clip model for --method maskclip without a ViL-Seg checkpoint")
+    g.add_argument("--pretrained", help="its weights: an open_clip tag, a CLIP file, or vilseg:synthetic")
+    g.add_argument("--templates", default="single", help="single | imagenet80 | a template with {}")
+    g.add_argument("--text-mode", default="max", help="class definitions: max (concept max) | avg | single")
+    g.add_argument("--bg-thresh", type=float, default=None, help="best cosine below this -> the background class")
+    g.add_argument("--background", default="background", help="name of the background class")
+
+
+def zero_shot_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate --zero-shot``: mIoU of ViL-Seg or MaskCLIP on any dataset the readers support."""
+    from semivl_fast.config import deep_update, from_dict, parse_overrides, to_dict
+    from semivl_fast.vilseg.zeroshot import build_segmenter, load_zero_shot_source, val_dataset, zero_shot_text
+
+    device = torch.device(args.device)
+    src = load_zero_shot_source(args.checkpoint, args.clip_model, args.pretrained, device)
+    base = {"data": {"norm": src.norm}, "eval": {"mode": "whole"}}
+    pc = src.config
+    if pc is not None and pc.data.source == "synthetic":  # default: the world it was pretrained on
+        base["data"].update(root=pc.data.root, seed=pc.data.seed, world_train=pc.data.world_train,
+                            world_val=pc.data.world_val, world_size=pc.data.world_size)
+    cfg = from_dict(deep_update(deep_update(to_dict(Config()), base), parse_overrides(args.overrides)))
+    dataset, classes = val_dataset(cfg.data, "dataset")
+    text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
+                          args.text_mode, src.weights).to(device)
+    seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(device)
+    result = evaluate(lambda x: seg(x), dataset, text.num_classes, cfg.data.crop_size, cfg.eval, device)
+    result["method"] = args.method
+    if is_main():
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(format_iou_table(torch.tensor(result["iou"]), list(classes.classes),
+                                   f"zero-shot {args.method}: {cfg.data.dataset} val, {result['images']} images"))
     return result
 
 

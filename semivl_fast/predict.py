@@ -5,6 +5,11 @@
 
 ``--classes`` (names, a class file or a built-in set) re-targets the model to any class list: their text embeddings
 come from the run's CLIP text encoder (its ``model.pretrained`` weights).
+
+Zero-shot (no segmentation training; ViL-Seg clusters classified by text, or the MaskCLIP baseline)::
+
+    python -m semivl_fast.predict --zero-shot --checkpoint runs/vilseg --classes "background,ball,coin,star" \
+        --input photo.png --output out/ [--method maskclip] [--bg-thresh 0.2]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from PIL import Image
 
 from semivl_fast.data.transforms import get_normalization, normalize, resize_short_side
+from semivl_fast.evaluate import add_zero_shot_args
 from semivl_fast.inference import predict_logits
 from semivl_fast.visualize import overlay
 
@@ -40,15 +46,23 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from semivl_fast.text import build_text_embeddings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a run directory")
+    parser.add_argument("--checkpoint", help="model.safetensors, last.pt or a run directory (with --zero-shot: a "
+                        "ViL-Seg pretraining run, vilseg.safetensors or its last.pt)")
     parser.add_argument("--input", required=True, help="an image or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the overlay PNGs")
     parser.add_argument("--classes", help="class names (comma-separated), a class file, or a built-in set")
     parser.add_argument("--short-side", type=int, default=0, help="resize images to this short side (0: keep)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_zero_shot_args(parser)
     args = parser.parse_args(argv)
+    if not args.zero_shot and not args.checkpoint:
+        parser.error("--checkpoint is required")
+    if args.zero_shot and not args.classes:
+        parser.error("--zero-shot needs --classes (names, a class file or a built-in set)")
 
     images = list_images(Path(args.input))
+    if args.zero_shot:
+        return _predict_zero_shot(args, images)
     model, cfg = load_trained_model(args.checkpoint, args.device)
     if args.classes:
         text = build_text_embeddings(args.classes, model_name=cfg.model.clip_model, pretrained=cfg.model.pretrained,
@@ -69,12 +83,39 @@ def main(argv: list[str] | None = None) -> list[Path]:
             scores = predict_logits(lambda t: model(t), x, cfg.data.crop_size, cfg.eval.mode, cfg.eval.stride,
                                     cfg.eval.merge)
         labels = scores.argmax(1)[0].cpu().numpy()
-        target = out_dir / f"{path.stem}_overlay.png"
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        overlay(np.asarray(img), labels, names).save(tmp)
-        tmp.replace(target)  # never a half-written PNG
-        written.append(target)
-        print(f"{path} -> {target}")
+        written.append(_write_overlay(img, labels, names, out_dir, path))
+    return written
+
+
+def _write_overlay(img: Image.Image, labels: np.ndarray, names: list[str], out_dir: Path, path: Path) -> Path:
+    target = out_dir / f"{path.stem}_overlay.png"
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    overlay(np.asarray(img), labels, names).save(tmp)
+    tmp.replace(target)  # never a half-written PNG
+    print(f"{path} -> {target}")
+    return target
+
+
+def _predict_zero_shot(args: argparse.Namespace, images: list[Path]) -> list[Path]:
+    from semivl_fast.text import load_class_set
+    from semivl_fast.vilseg.zeroshot import build_segmenter, load_zero_shot_source, zero_shot_text
+
+    src = load_zero_shot_source(args.checkpoint, args.clip_model, args.pretrained, args.device)
+    classes = load_class_set(args.classes)
+    text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
+                          args.text_mode, src.weights).to(args.device)
+    seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(args.device)
+    mean, std = get_normalization(src.norm)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        img = Image.open(path).convert("RGB")
+        if args.short_side:
+            img = resize_short_side(img, args.short_side)
+        with torch.no_grad():
+            labels = seg(normalize(img, mean, std).unsqueeze(0).to(args.device)).argmax(1)[0].cpu().numpy()
+        written.append(_write_overlay(img, labels, list(classes.classes), out_dir, path))
     return written
 
 

@@ -22,8 +22,17 @@ def register_builtin_configs() -> None:
         _registered = True
 
 
+def _resolve(pretrained: str | None) -> str | None:
+    if pretrained and str(pretrained).startswith("vilseg:"):  # a ViL-Seg prior, pretrained on first use
+        from semivl_fast.vilseg.prior import resolve_pretrained
+
+        return resolve_pretrained(pretrained)
+    return pretrained
+
+
 def pretrained_identity(pretrained: str | None) -> str:
     """A string that changes when the weights change: the tag itself, or path + size + mtime for a file."""
+    pretrained = _resolve(pretrained)
     if not pretrained:
         return "random"
     if os.path.isfile(pretrained):
@@ -35,6 +44,7 @@ def pretrained_identity(pretrained: str | None) -> str:
 def create_clip(model_name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """An open_clip CLIP model; ``pretrained`` is an open_clip tag, a local checkpoint file, or None (random init)."""
     register_builtin_configs()
+    pretrained = _resolve(pretrained)
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; choose one of open_clip.list_models() "
                          f"(e.g. 'ViT-B-16') or add a JSON config with open_clip.add_model_config(dir)")
