@@ -4,8 +4,9 @@
     python bench/decoder.py --ops pl_loss --classes 150 --no-memory
 
 Each row: median time of forward+backward (interleaved rounds on CPU, triton.testing.do_bench on GPU), peak extra
-memory (fresh subprocess per implementation), and the share of the roofline floor, floor = max(FLOP / peak FLOP/s,
-bytes / peak bandwidth) with the peaks measured at start-up and FLOP/byte counts from the model in each case.
+memory (CPU: live tensor bytes rebuilt from the profiler's allocation records), and the share of the roofline floor,
+floor = max(FLOP / peak FLOP/s, bytes / peak bandwidth) with the peaks measured at start-up and FLOP/byte counts
+from the model in each case.
 Results are appended to bench/results/decoder.jsonl with device, versions and commit.
 """
 

@@ -6,7 +6,7 @@
 
 Every run uses configs/synthetic.yaml with the same iterations, model and initialisation; only the training mode
 (and the labeled subset) differs. Results (mIoU on the world's validation set) are printed as a Markdown table and
-written to experiments/results/semi_vs_supervised.json.
+written to experiments/results/semi_vs_supervised_<iters>it.json.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {k} | {sup:.1f} | {semi:.1f} | {semi - sup:+.1f} |")
     table = "\n".join(lines)
     print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations, seeds {args.seeds}:\n{table}")
-    out = ROOT / "results" / "semi_vs_supervised.json"
+    out = ROOT / "results" / f"semi_vs_supervised_{iters}it.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"iters": iters, "seeds": args.seeds, "overrides": args.overrides,
                                "results": results, "seconds": time.time() - t0}, indent=1))

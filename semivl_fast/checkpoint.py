@@ -71,21 +71,33 @@ def save_train_state(path: str | Path, *, model: nn.Module, optimizer: torch.opt
                      scaler: Any, step: int, epoch: int, cfg: Config, text: TextEmbeddings,
                      extra: dict[str, Any] | None = None) -> None:
     """Write everything needed to resume, atomically (temp file + rename: a crash never leaves half a file)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-             "step": int(step), "epoch": int(epoch), "config": to_dict(cfg), "text": text_state(text),
-             "rng": rng_state(), "extra": extra or {}}
+    save_resumable(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
+                   config=to_dict(cfg), extra=extra, epoch=int(epoch), text=text_state(text))
+
+
+def save_resumable(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: Any, step: int, config: dict, extra: dict[str, Any] | None = None, **fields: Any) -> None:
+    """The resumable state every trainer writes (model, optimizer, scheduler, grad scaler, step, config, RNG states,
+    plus ``fields``), atomically; tensors and plain values only, so it loads with ``weights_only=True``."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else None, "step": int(step), "config": config,
+             "rng": rng_state(), "extra": extra or {}, **fields}
     _atomic(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    """The dict written by ``save_train_state`` (a run directory resolves to its ``last.pt``)."""
+def load_resumable(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A ``last.pt`` written by ``save_resumable`` (a run directory resolves to its ``last.pt``)."""
     path = Path(path)
     if path.is_dir():
         path = path / TRAIN_STATE
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; give a last.pt file or a run directory that has one")
+        raise FileNotFoundError(f"no {what} at {path}; give a last.pt file or a run directory that has one")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """The dict written by ``save_train_state`` (a run directory resolves to its ``last.pt``)."""
+    return load_resumable(path)
 
 
 def export_weights(path: str | Path, model: nn.Module, cfg: Config, text: TextEmbeddings,

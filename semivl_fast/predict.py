@@ -69,8 +69,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                      templates=cfg.model.templates, mode=cfg.model.decoder_text,
                                      cache_dir=cfg.model.text_cache_dir)
         model.set_text(text)
-    names = _class_names(model)
-    mean, std = get_normalization(cfg.data.norm)
+    return _segment_images(images, args, cfg.data.norm, _class_names(model),
+                           lambda x: predict_logits(lambda t: model(t), x, cfg.data.crop_size, cfg.eval.mode,
+                                                    cfg.eval.stride, cfg.eval.merge))
+
+
+def _segment_images(images: list[Path], args: argparse.Namespace, norm: str, names: list[str], scores_fn) -> list[Path]:
+    """Normalise each image (after the optional short-side resize), take ``scores_fn``'s argmax, write its overlay."""
+    mean, std = get_normalization(norm)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -78,11 +84,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         img = Image.open(path).convert("RGB")
         if args.short_side:
             img = resize_short_side(img, args.short_side)
-        x = normalize(img, mean, std).unsqueeze(0).to(args.device)
         with torch.no_grad():
-            scores = predict_logits(lambda t: model(t), x, cfg.data.crop_size, cfg.eval.mode, cfg.eval.stride,
-                                    cfg.eval.merge)
-        labels = scores.argmax(1)[0].cpu().numpy()
+            labels = scores_fn(normalize(img, mean, std).unsqueeze(0).to(args.device)).argmax(1)[0].cpu().numpy()
         written.append(_write_overlay(img, labels, names, out_dir, path))
     return written
 
@@ -105,18 +108,7 @@ def _predict_zero_shot(args: argparse.Namespace, images: list[Path]) -> list[Pat
     text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
                           args.text_mode, src.weights).to(args.device)
     seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(args.device)
-    mean, std = get_normalization(src.norm)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        img = Image.open(path).convert("RGB")
-        if args.short_side:
-            img = resize_short_side(img, args.short_side)
-        with torch.no_grad():
-            labels = seg(normalize(img, mean, std).unsqueeze(0).to(args.device)).argmax(1)[0].cpu().numpy()
-        written.append(_write_overlay(img, labels, list(classes.classes), out_dir, path))
-    return written
+    return _segment_images(images, args, src.norm, list(classes.classes), seg)
 
 
 def _class_names(model) -> list[str]:

@@ -30,6 +30,7 @@ from semivl_fast.config import DataConfig, EvalConfig, deep_update, parse_overri
 from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, set_epoch
 from semivl_fast.engine.logger import LOG, RunLogger, setup_logging
+from semivl_fast.engine.optim import update
 from semivl_fast.models.clip import get_tokenizer
 from semivl_fast.train import autocast_for, seed_everything
 from semivl_fast.vilseg.checkpoint import CLIP_WEIGHTS, export_vilseg, load_state, save_state
@@ -316,7 +317,6 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
     losses: list[float] = []
     model.train()
     iterator = None
-    t_iter = time.time()
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         if iterator is None or offset == 0:
@@ -325,27 +325,10 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
         batch = [t.to(device, non_blocking=True) for t in next(iterator)]
         with autocast:
             loss, logs = net(*batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at iteration {step}; lower train.lr or use amp=none")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        update(loss, optimizer, scheduler, scaler, step)
         step += 1
         losses.append(float(logs["loss"]))
-        logger.advance(1, loss=losses[-1])
-        if step % tc.log_every == 0 or step == total:
-            scalars = {k: float(v) for k, v in logs.items()} | {"lr": optimizer.param_groups[0]["lr"]}
-            logger.scalars(step, scalars)
-            rate = min(tc.log_every, step) / max(time.time() - t_iter, 1e-9)
-            t_iter = time.time()
-            logger.line(f"iter {step}/{total} " + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()) +
-                        f" | {rate:.2f} it/s")
+        logger.iteration(step, total, logs, optimizer.param_groups[0]["lr"], tc.log_every)
         if step < total and cfg.eval.every and step % cfg.eval.every == 0:
             run_eval()
             checkpoint()

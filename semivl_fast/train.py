@@ -36,7 +36,7 @@ from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
 from semivl_fast.engine.guidance import build_guidance
 from semivl_fast.engine.logger import LOG, RunLogger, setup_logging
-from semivl_fast.engine.optim import build_optimizer, poly_schedule
+from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
 from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
@@ -183,7 +183,6 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     result: dict[str, Any] = {}
     model.train()
     iters = None
-    t_iter = time.time()
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         if iters is None or offset == 0:
@@ -199,28 +198,10 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
             loss, logs = semi_step(net, model, guidance, img_x, mask_x, u, other, tc, step / total, autocast)
         else:
             loss, logs = supervised_step(net, img_x, mask_x, autocast)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at iteration {step}; lower train.lr or use amp=none")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        update(loss, optimizer, scheduler, scaler, step)
         step += 1
         losses.append(float(logs["loss"]))
-        logger.advance(1, loss=losses[-1])
-        if step % tc.log_every == 0 or step == total:
-            scalars = {k: float(v) for k, v in logs.items()}
-            scalars["lr"] = optimizer.param_groups[0]["lr"]
-            logger.scalars(step, scalars)
-            rate = tc.log_every / max(time.time() - t_iter, 1e-9)
-            t_iter = time.time()
-            logger.line(f"iter {step}/{total} " + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()) +
-                        f" | {rate:.2f} it/s")
+        logger.iteration(step, total, logs, optimizer.param_groups[0]["lr"], tc.log_every)
         if step % eval_every == 0 or step == total:
             res = evaluate_now()
             best = max(best, res["miou"])

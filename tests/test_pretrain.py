@@ -208,3 +208,23 @@ def test_synthetic_prior_is_made_once_and_resolved(world_root, tmp_path, monkeyp
     assert pretrained_identity("vilseg:synthetic") == pretrained_identity(str(path))
     with pytest.raises(ValueError, match="unknown ViL-Seg prior"):
         create_clip("semivl-tiny", "vilseg:coco")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pretraining(world_root, tmp_path):
+    """torchrun-style 2-process gloo run: both ranks step together; rank 0 alone writes the checkpoint."""
+    from ddp import run_ddp
+
+    args = [*TINY, f"data.root={world_root}", f"train.out_dir={tmp_path / 'ddp'}", "train.iters=2",
+            "data.batch_size=2", "eval.dataset="]
+    losses = run_ddp("semivl_fast.pretrain", args)
+    assert all(len(losses[r]) == 2 for r in (0, 1))
+    assert (tmp_path / "ddp" / "clip.safetensors").is_file() and (tmp_path / "ddp" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["train.amp=bf16"], ["train.compile=true"]], ids=["bf16", "compile"])
+def test_pretraining_mixed_precision_and_compile_on_cpu(world_root, tmp_path, extra):
+    result = pretrain.main([*TINY, f"data.root={world_root}", f"train.out_dir={tmp_path / 'run'}", "train.iters=2",
+                            "eval.dataset=", *extra])
+    assert result["steps"] == 2 and result["finite"]

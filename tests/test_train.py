@@ -1,17 +1,16 @@
 """End-to-end training on a tiny synthetic world: resume, DDP equivalence, AMP/compile, the baseline, evaluation."""
 
-import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from semivl_fast import train
 from semivl_fast.checkpoint import load_trained_model
 from semivl_fast.config import load_config
+
+from ddp import run_ddp
 
 TINY = ["model.clip_model=semivl-tiny", "model.pretrained=null", "model.image_size=48", "model.guidance_layers=0,2",
         "model.decoder.embed_dim=64", "model.decoder.channels=32", "model.decoder.text_channels=32",
@@ -34,9 +33,14 @@ def _args(world_root, out_dir, *extra):
 def test_every_recipe_config_parses():
     from pathlib import Path
 
+    from semivl_fast.vilseg.config import load_pretrain_config
+
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-    assert len(configs) >= 21
+    assert len(configs) >= 22
     for path in configs:
+        if path.name.startswith("vilseg"):  # ViL-Seg pretraining recipes
+            assert load_pretrain_config(path).train.iters > 0
+            continue
         cfg = load_config(path)
         assert cfg.data.dataset in ("synthetic", "voc", "coco", "ade", "cityscapes")
 
@@ -82,20 +86,6 @@ def test_supervised_baseline(world_root, tmp_path):
     assert result["steps"] == 2 and result["miou"] is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, args, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    result = train.main(args)
-    queue.put((rank, result["losses"]))
-
-
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(world_root, tmp_path):
     """2 processes x batch 2 (gloo) == 1 process x batch 4: the same global batches give the same global losses.
@@ -106,17 +96,7 @@ def test_two_process_ddp_matches_one_process(world_root, tmp_path):
     """
     common = ["train.iters=3", "train.use_fp=false", "eval.every=100"]
     single = train.main(_args(world_root, tmp_path / "one", *common, "data.batch_size=4"))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    args = _args(world_root, tmp_path / "two", *common, "data.batch_size=2")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, args, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-        assert p.exitcode == 0, "a DDP worker failed"
-    per_rank = dict(queue.get() for _ in procs)
+    per_rank = run_ddp("semivl_fast.train", _args(world_root, tmp_path / "two", *common, "data.batch_size=2"))
     ddp = (torch.tensor(per_rank[0]) + torch.tensor(per_rank[1])) / 2
     torch.testing.assert_close(ddp, torch.tensor(single["losses"]), atol=1e-4, rtol=1e-4)
 

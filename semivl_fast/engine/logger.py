@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class RunLogger:
                 self.writer = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError:  # tensorboard not installed: scalars still go to the log
                 LOG.warning("tensorboard is not installed: scalars go to the log only")
+        self._last_step, self._last_time = 0, time.time()  # for the iteration rate of the log lines
         self.bar = None
         if self.main and progress and sys.stderr.isatty():
             from tqdm import tqdm
@@ -61,11 +63,30 @@ class RunLogger:
             self.writer.add_image(tag, image, step)
 
     def advance(self, n: int = 1, **postfix: Any) -> None:
+        """Move the bar by ``n`` iterations done elsewhere (e.g. before a resume)."""
+        self._last_step += n
+        self._bar(n, **postfix)
+
+    def _bar(self, n: int, **postfix: Any) -> None:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
                                      refresh=False)
+
+    def iteration(self, step: int, total: int, logs: dict[str, Any], lr: float, every: int) -> None:
+        """After iteration ``step``: advance the bar; every ``every`` steps (and at the end) log the scalars (and lr)
+        to TensorBoard and as a line with the iteration rate since the last line."""
+        self._bar(1, loss=float(logs["loss"]))
+        if step % every and step != total:
+            return
+        scalars = {k: float(v) for k, v in logs.items()} | {"lr": lr}
+        self.scalars(step, scalars)
+        now = time.time()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        self.line(f"iter {step}/{total} " + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()) +
+                  f" | {rate:.2f} it/s")
 
     def line(self, text: str) -> None:
         if self.bar is not None:

@@ -32,3 +32,20 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total_iters: int,
                   power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
     """lr_g(it) = lr_g(0) * (1 - it / total_iters) ** power, stepped after every iteration, no warm-up."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / total_iters) ** power)
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+           scaler: torch.amp.GradScaler | None, step: int) -> None:
+    """One optimiser update from ``loss``: a clear error if it is not finite, then zero_grad, (scaled) backward,
+    optimiser step and scheduler step."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at iteration {step}; lower train.lr or use amp=none")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    scheduler.step()

@@ -2,7 +2,8 @@
 
 - ``config``: ``PretrainConfig`` (model, data, loss, train, zeroshot, eval sections).
 - ``model``: ``ViLSeg`` = open_clip CLIP + online clustering head; ``build_vilseg``.
-- ``losses``: cross-modal InfoNCE, multi-crop vision InfoNCE, IIC mutual information.
+- ``losses``: cross-modal InfoNCE, phrase grounding (multi-positive InfoNCE), multi-crop and dense vision InfoNCE,
+  IIC mutual information.
 - ``data``: image-caption sources (synthetic world, TSV/CSV, folders, WebDataset shards) and the multi-view dataset.
 - ``zeroshot``: ``ViLSegZeroShot`` (clusters classified by text) and ``MaskClipZeroShot`` (training-free baseline).
 - ``checkpoint``: ``load_vilseg`` / ``export_vilseg`` (``clip.safetensors`` loads with ``create_clip``).

@@ -12,11 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from semivl_fast.checkpoint import _atomic, rng_state
+from semivl_fast.checkpoint import TRAIN_STATE, _atomic, load_resumable, save_resumable
 from semivl_fast.models.clip import save_clip_checkpoint
 from semivl_fast.vilseg.config import PretrainConfig, from_dict, to_dict
 
-TRAIN_STATE = "last.pt"
 VILSEG_WEIGHTS = "vilseg.safetensors"
 CLIP_WEIGHTS = "clip.safetensors"
 
@@ -24,20 +23,13 @@ CLIP_WEIGHTS = "clip.safetensors"
 def save_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                scaler: Any, step: int, cfg: PretrainConfig, extra: dict[str, Any] | None = None) -> None:
     """Everything needed to resume (tensors and plain values only: loads with ``weights_only=True``), atomically."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None else None, "step": int(step),
-             "config": to_dict(cfg), "rng": rng_state(), "extra": extra or {}}
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    save_resumable(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
+                   config=to_dict(cfg), extra=extra)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """A ``last.pt`` (or a run directory holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / TRAIN_STATE
-    if not path.is_file():
-        raise FileNotFoundError(f"no ViL-Seg checkpoint at {path}; give a last.pt file or a pretraining run directory")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_resumable(path, "ViL-Seg checkpoint")
 
 
 def export_vilseg(out_dir: str | Path, model: nn.Module, cfg: PretrainConfig,

@@ -215,6 +215,16 @@ def random_resized_box(w: int, h: int, scale: tuple[float, float],
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def random_view(img: Image.Image, scale: tuple[float, float],
+                size: int) -> tuple[Image.Image, tuple[int, int, int, int], bool]:
+    """A random resized crop (area fraction in ``scale``) to ``size``², mirrored with p=0.5: (view, (top, left,
+    height, width) of the crop in ``img``, mirrored)."""
+    box = random_resized_box(*img.size, scale)
+    view = TF.resized_crop(img, *box, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    flip = random.random() < 0.5
+    return (TF.hflip(view) if flip else view), box, flip
+
+
 def jitter(img: Image.Image, strength: float) -> Image.Image:
     """Brightness, contrast and saturation factors U(1 - s, 1 + s) in random order; no hue (captions name colours)."""
     if strength <= 0:
@@ -341,13 +351,7 @@ class CaptionViews(Dataset):
         c = self.cfg
         item = self.items[i]
         img = load_image(item.image)
-        w, h = img.size
-        gt, gl, gh, gw = random_resized_box(w, h, c.global_scale)
-        crop = TF.resized_crop(img, gt, gl, gh, gw, [c.global_size, c.global_size],
-                               interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        gflip = random.random() < 0.5
-        if gflip:
-            crop = TF.hflip(crop)
+        crop, (gt, gl, gh, gw), gflip = random_view(img, c.global_scale, c.global_size)
         view1 = jitter(crop, c.jitter)
         view2 = jitter(crop, c.jitter)
         flipped = c.flip_second_view and random.random() < 0.5
@@ -355,12 +359,7 @@ class CaptionViews(Dataset):
             view2 = TF.hflip(view2)
         locals_, boxes = [], []
         for _ in range(c.local_crops):
-            top, left, ch, cw = random_resized_box(w, h, c.local_scale)
-            local = TF.resized_crop(img, top, left, ch, cw, [c.local_size, c.local_size],
-                                    interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-            lflip = random.random() < 0.5
-            if lflip:
-                local = TF.hflip(local)
+            local, (top, left, ch, cw), lflip = random_view(img, c.local_scale, c.local_size)
             locals_.append(self._norm(jitter(local, c.jitter)))
             # the local view's edges in view 1's normalised coordinates; x0 > x1 encodes a mirror between them
             xa, xb = (left + cw - gl) / gw, (left - gl) / gw

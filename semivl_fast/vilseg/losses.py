@@ -1,4 +1,5 @@
-"""ViL-Seg's three objectives: cross-modal contrast, vision-based (multi-crop) contrast, IIC clustering.
+"""ViL-Seg's objectives: cross-modal contrast (global, and phrase grounding on the patches), vision-based
+(multi-crop / dense) contrast, IIC clustering.
 
 All losses are computed in float32 (also under autocast) on the local batch (under DDP each process contrasts its
 own batch; the gradients are averaged as usual).

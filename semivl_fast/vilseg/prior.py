@@ -30,7 +30,7 @@ from semivl_fast.vilseg.config import default_pretrain_config, load_pretrain_con
 
 PREFIX = "vilseg:"
 PRIORS = ("synthetic",)
-PRIOR_VERSION = 1  # bump when the pretraining code changes what a config produces
+PRIOR_VERSION = 2  # bump when the pretraining code changes what a config produces
 _NOT_WEIGHTS = {"train": ("out_dir", "resume", "tensorboard", "progress", "log_every", "save_every", "compile"),
                 "eval": None, "data": ("num_workers",)}
 _DIST_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

@@ -74,19 +74,11 @@ def _background_index(text: TextEmbeddings, background: str | int | None) -> int
     return text.classes.index(background) if background in text.classes else None
 
 
-class ViLSegZeroShot(nn.Module):
-    """images (B, 3, H, W) normalised -> class scores (B, N, H, W) by cluster classification.
+class _TextSegmenter(nn.Module):
+    """What both zero-shot segmenters share: the class texts and the optional background threshold."""
 
-    Args:
-        model: a ``ViLSeg`` (its dense embedding and clustering head are used).
-        text: class text rows (``build_text_embeddings`` with the model's own text encoder).
-        bg_thresh: clusters whose best cosine is below it go to ``background`` (a class name or index).
-    """
-
-    def __init__(self, model: nn.Module, text: TextEmbeddings, bg_thresh: float | None = None,
-                 background: str | int | None = "background") -> None:
+    def __init__(self, text: TextEmbeddings, bg_thresh: float | None, background: str | int | None) -> None:
         super().__init__()
-        self.model = model
         self.text = text
         self.num_classes = text.num_classes
         self.bg_thresh = bg_thresh
@@ -97,6 +89,21 @@ class ViLSegZeroShot(nn.Module):
 
     def set_text(self, text: TextEmbeddings) -> None:
         self.text, self.num_classes = text, text.num_classes
+
+
+class ViLSegZeroShot(_TextSegmenter):
+    """images (B, 3, H, W) normalised -> class scores (B, N, H, W) by cluster classification.
+
+    Args:
+        model: a ``ViLSeg`` (its dense embedding and clustering head are used).
+        text: class text rows (``build_text_embeddings`` with the model's own text encoder).
+        bg_thresh: clusters whose best cosine is below it go to ``background`` (a class name or index).
+    """
+
+    def __init__(self, model: nn.Module, text: TextEmbeddings, bg_thresh: float | None = None,
+                 background: str | int | None = "background") -> None:
+        super().__init__(text, bg_thresh, background)
+        self.model = model
 
     @torch.no_grad()
     def clusters(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,24 +122,14 @@ class ViLSegZeroShot(nn.Module):
         return upsample_scores(per_patch, self.model.patch_size, tuple(images.shape[-2:]))
 
 
-class MaskClipZeroShot(nn.Module):
+class MaskClipZeroShot(_TextSegmenter):
     """Training-free MaskCLIP: dense value-path CLIP embeddings (``ClipBackbone``) vs the class text, per patch."""
 
     def __init__(self, backbone: ClipBackbone, text: TextEmbeddings, bg_thresh: float | None = None,
                  background: str | int | None = "background") -> None:
-        super().__init__()
+        super().__init__(text, bg_thresh, background)
         backbone.set_finetune("frozen")
         self.backbone = backbone.eval()
-        self.text = text
-        self.num_classes = text.num_classes
-        self.bg_thresh = bg_thresh
-        self.background = _background_index(text, background)
-        if bg_thresh is not None and self.background is None:
-            raise ValueError(f"bg_thresh={bg_thresh} needs a background class {background!r} in the classes "
-                             f"{list(text.classes)}")
-
-    def set_text(self, text: TextEmbeddings) -> None:
-        self.text, self.num_classes = text, text.num_classes
 
     def train(self, mode: bool = True) -> MaskClipZeroShot:
         return super().train(False)
