@@ -228,3 +228,25 @@ def test_pretraining_mixed_precision_and_compile_on_cpu(world_root, tmp_path, ex
     result = pretrain.main([*TINY, f"data.root={world_root}", f"train.out_dir={tmp_path / 'run'}", "train.iters=2",
                             "eval.dataset=", *extra])
     assert result["steps"] == 2 and result["finite"]
+
+
+def test_grounding_large_vocabulary_encodes_only_the_mentioned_phrases():
+    from semivl_fast.models.clip import get_tokenizer
+    from semivl_fast.vilseg.config import LossConfig, ViLSegModelConfig
+    from semivl_fast.vilseg.losses import multi_positive_nce, patch_text_similarity
+    from semivl_fast.vilseg.model import build_vilseg
+
+    torch.manual_seed(0)
+    model = build_vilseg(ViLSegModelConfig(num_clusters=4))
+    tokens = get_tokenizer("semivl-tiny")([f"a photo of a {w}" for w in ("ball", "coin", "star", "leaf", "sand")])
+    dense = torch.randn(3, 64, 4, 5)
+    mentions = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    scale = torch.tensor(10.0)
+    small = pretrain.PretrainStep(model, LossConfig(ground_max_text=2), tokens.long())
+    used = [0, 3, 4]  # columns any image mentions
+    expected = multi_positive_nce(scale * patch_text_similarity(dense, model.encode_text(tokens[used]), 0.1),
+                                  mentions[:, used])
+    torch.testing.assert_close(small.ground(dense, mentions, scale), expected)
+    # a small vocabulary is encoded whole: unmentioned phrases are negatives too
+    whole = pretrain.PretrainStep(model, LossConfig(), tokens.long()).ground(dense, mentions, scale)
+    assert whole.item() > expected.item()
