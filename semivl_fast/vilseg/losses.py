@@ -66,15 +66,14 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
                          "must match")
     logits = logits.float()
     pos = positives.bool()
-    if not pos.any():
-        return logits.sum() * 0
+    count = pos.sum().clamp_min(1)  # branchless (no positives: 0, no graph break under torch.compile)
     neg_inf = torch.finfo(logits.dtype).min
     negatives = logits.masked_fill(pos, neg_inf)  # only the negatives compete with a positive
     row_neg = torch.logsumexp(negatives, dim=1, keepdim=True)  # (B, 1)
     col_neg = torch.logsumexp(negatives, dim=0, keepdim=True)  # (1, V)
     image_side = torch.logaddexp(logits, row_neg) - logits  # -log softmax of each positive among the negatives
     phrase_side = torch.logaddexp(logits, col_neg) - logits
-    return 0.5 * (image_side[pos].mean() + phrase_side[pos].mean())
+    return 0.5 * (torch.where(pos, image_side + phrase_side, 0).sum() / count)
 
 
 def multi_crop_loss(local: Tensor, global_: Tensor, temperature: float) -> Tensor:
