@@ -37,10 +37,11 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    mode: str = "sliding"  # sliding (windows of the crop size) | resize (whole image at once)
+    mode: str = "sliding"  # sliding (zegclip-style windows) | grid (UniMatch's windows) | whole (one pass)
     stride: int = 0  # sliding stride (0 = 5/6 of the window, the reference's 426 for 512)
     merge: str = "logits"  # logits (average raw logits: VOC/COCO/ADE) | probs (sum softmax: Cityscapes)
-    every: int = 0  # evaluate every N iterations during training (0 = once per epoch)
+    every: int = 0  # evaluate every N iterations during training (0 = every ``every_epochs`` epochs)
+    every_epochs: int = 1  # with every=0: evaluate every N epochs (Cityscapes: 10); the last iteration always
     max_images: int = 0  # evaluate on at most this many validation images (0 = all)
 
 
@@ -58,7 +59,9 @@ class TrainConfig:
     conf_thresh: float = 0.95  # pseudo-label confidence threshold tau
     conf_mode: str = "threshold"  # threshold | confidence (Cityscapes "pixelavg")
     use_fp: bool = True  # UniMatch feature-perturbation branch
-    mix_partner: str = "loader"  # loader (a 2nd pass over the unlabeled loader, as the reference) | roll (shifted)
+    # CutMix partner: same (the reference: the same images in the same order, augmented independently) |
+    # loader (a second, independently shuffled pass: other images) | roll (the batch shifted by one, no extra pass)
+    mix_partner: str = "same"
     guidance: bool = True  # dense CLIP guidance from a frozen CLIP
     guidance_lambda: tuple[float, float] = (0.1, 0.0)  # weight at the start and end (linear)
     guidance_thresh: float = 0.9

@@ -29,7 +29,7 @@ from semivl_fast.checkpoint import set_rng_state
 from semivl_fast.config import DataConfig, EvalConfig, deep_update, parse_overrides, save_config
 from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, set_epoch
-from semivl_fast.engine.logger import LOG, RunLogger, setup_logging
+from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import update
 from semivl_fast.models.clip import get_tokenizer
 from semivl_fast.train import autocast_for, seed_everything
@@ -141,6 +141,15 @@ class PretrainStep(nn.Module):
         return total, logs
 
 
+def freeze_untrained(model: ViLSeg, loss: LossConfig) -> None:
+    """Freeze the parameters that no loss of ``loss`` trains: the clustering head when ``loss.cluster_weight == 0``.
+    Every trainable parameter then takes part in each step's loss, which DDP (without the unused-parameter search)
+    needs: an unused one fails the second iteration ("Expected to have finished reduction in the prior
+    iteration")."""
+    if loss.cluster_weight == 0:
+        model.head.requires_grad_(False)
+
+
 def param_groups(model: ViLSeg, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
     """Weight decay on matrices only (CLIP's recipe: no decay on gains, biases, embeddings' scale, logit scale)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -246,6 +255,7 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
     if dist.is_main():
         save_config(cfg, out_dir / "config.yaml")
         LOG.info(f"ViL-Seg pretraining -> {out_dir} ({world} process{'es' if world > 1 else ''}, {device})")
+        log_environment(device)
     if dist.is_main():  # rank 0 generates the synthetic world first, the others reuse it
         items = load_caption_items(dc)
     dist.barrier()
@@ -255,6 +265,7 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
 
     seed_everything(tc.seed)
     model = build_vilseg(cfg.model).to(device)
+    freeze_untrained(model, cfg.loss)  # before the optimiser and DDP see the parameters
     tokenizer = get_tokenizer(cfg.model.clip_model)
     phrases = build_phrase_vocab([it.caption for it in items], dc.phrase_min_count, dc.phrase_vocab)
     phrase_tokens = None

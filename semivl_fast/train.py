@@ -35,13 +35,15 @@ from semivl_fast.config import Config, deep_update, from_dict, load_config, pars
 from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
 from semivl_fast.engine.guidance import build_guidance
-from semivl_fast.engine.logger import LOG, RunLogger, setup_logging
+from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
 from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
 from semivl_fast.models.semivl import build_semivl
 from semivl_fast.visualize import denormalize, overlay
+
+MIX_PARTNERS = ("same", "loader", "roll")
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
         resume = cfg.train.resume
     if resume:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume))
+    if cfg.train.mix_partner not in MIX_PARTNERS:  # before anything is written
+        raise ValueError(f"train.mix_partner={cfg.train.mix_partner!r}; choose one of {MIX_PARTNERS}")
     return cfg, bool(resume)
 
 
@@ -105,6 +109,7 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     if dist.is_main():
         save_config(cfg, out_dir / "config.yaml")
         LOG.info(f"semivl_fast run -> {out_dir} ({world} process{'es' if world > 1 else ''}, {device})")
+        log_environment(device)
 
     if dist.is_main():  # rank 0 generates/validates the data first (synthetic world), the others reuse it
         data = prepare_data(cfg.data, cfg.model.classes)
@@ -129,8 +134,10 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     bs = cfg.data.batch_size
     loader_l = make_loader(train_l, bs, tc.seed, rank, world, cfg.data.num_workers)
     loader_u = make_loader(train_u, bs, tc.seed + 1, rank, world, cfg.data.num_workers) if tc.semi else None
-    loader_o = (make_loader(train_u, bs, tc.seed + 2, rank, world, cfg.data.num_workers)
-                if tc.semi and tc.mix_partner == "loader" else None)
+    loader_o = None
+    if tc.semi and tc.mix_partner != "roll":  # "same": loader_u's order, its own augmentation seed
+        order_seed = tc.seed + 1 if tc.mix_partner == "same" else tc.seed + 2
+        loader_o = make_loader(train_u, bs, order_seed, rank, world, cfg.data.num_workers, aug_seed=tc.seed + 2)
     per_epoch = len(loader_u.sampler) // bs if tc.semi else len(loader_l.sampler) // bs
     if per_epoch == 0:
         raise ValueError(f"batch size {bs} x {world} processes is larger than the training set")
@@ -179,7 +186,7 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     logger = RunLogger(out_dir, total, tc.tensorboard and dist.is_main(), tc.progress)
     logger.advance(step)
     losses: list[float] = []
-    eval_every = cfg.eval.every or per_epoch
+    eval_every = cfg.eval.every or per_epoch * max(1, cfg.eval.every_epochs)
     result: dict[str, Any] = {}
     model.train()
     iters = None

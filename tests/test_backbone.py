@@ -8,8 +8,8 @@ from semivl_fast.models.backbone import ClipBackbone, resize_pos_embed
 from semivl_fast.models.clip import create_clip
 
 
-def _tiny_backbone(path=None, **kw):
-    clip = create_clip("semivl-tiny", pretrained=path)
+def _tiny_backbone(path=None, clip_kw=None, **kw):
+    clip = create_clip("semivl-tiny", pretrained=path, **(clip_kw or {}))
     return ClipBackbone(clip.visual, **{"image_size": 96, "guidance_layers": (0, 3), **kw}).eval()
 
 
@@ -84,10 +84,35 @@ def test_vit_b16_spatial_finetuning_counts():
     assert bb.visual.positional_embedding.shape == (1025, 768)
 
 
+def test_vit_b16_cityscapes_crop_stores_a_50x50_table_resized_to_51x51():
+    """801 crops: the stored table is 50x50 (87.96 M, 30.27 M trainable), resized per forward to the 51x51 grid."""
+    bb = ClipBackbone(create_clip("ViT-B-16").visual, image_size=801, finetune="attn")
+    total = sum(p.numel() for p in bb.parameters())
+    trainable = sum(p.numel() for p in bb.parameters() if p.requires_grad)
+    assert (total, trainable) == (87_962_112, 30_269_184)
+    assert bb.visual.positional_embedding.shape == (2501, 768)
+    tokens, grid = bb._tokens(torch.randn(1, 3, 801, 801))
+    assert grid == (51, 51) and tokens.shape == (1, 2602, 768)
+
+
 def test_reference_port_switches_gelu_and_eps(tiny_clip_file):
-    bb = _tiny_backbone(tiny_clip_file[1], reference_port=True)
+    quick = _tiny_backbone(tiny_clip_file[1], clip_kw={"force_quick_gelu": True})
+    assert all(type(b.mlp.gelu) is not torch.nn.GELU for b in quick.visual.transformer.resblocks)  # CLIP's own
+    bb = _tiny_backbone(tiny_clip_file[1], clip_kw={"force_quick_gelu": True}, reference_port=True)
     assert all(m.eps == 1e-6 for m in bb.modules() if isinstance(m, torch.nn.LayerNorm))
     assert all(type(b.mlp.gelu) is torch.nn.GELU for b in bb.visual.transformer.resblocks)
+
+
+@pytest.mark.parametrize("tag, quick", [("openai", True), ("laion2b_s34b_b88k", False)])
+def test_pretrained_tags_build_the_activation_their_weights_were_trained_with(monkeypatch, tag, quick):
+    """OpenAI's weights need QuickGELU in both towers (the plain ViT-B-16 config would silently use exact GELU)."""
+    import open_clip
+
+    seen = {}
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: seen.update(kw) or "model")
+    assert create_clip("ViT-B-16", tag) == "model" and seen["force_quick_gelu"] is quick
+    create_clip("ViT-B-16", tag, force_quick_gelu=False)  # the caller's choice wins
+    assert seen["force_quick_gelu"] is False
 
 
 def test_bad_guidance_layer_is_a_clear_error(tiny_clip_file):

@@ -52,6 +52,8 @@ def test_train_evaluate_and_reload(world_root, tmp_path):
     assert 0 <= result["miou"] <= 100
     for name in ("config.yaml", "last.pt", "model.safetensors", "train.log"):
         assert (out / name).is_file(), name
+    log = (out / "train.log").read_text()  # the run says what it ran: versions, build, the face of every op
+    assert "torch " + torch.__version__ in log and "ops on cpu: cost_volume -> cpp" in log
     model, cfg = load_trained_model(out)
     assert cfg.train.iters == 3 and model.num_classes == 9
     from semivl_fast import evaluate
@@ -84,6 +86,36 @@ def test_resume_continues_with_the_same_losses(world_root, tmp_path, monkeypatch
 def test_supervised_baseline(world_root, tmp_path):
     result = train.main(_args(world_root, tmp_path / "sup", "train.semi=false", "train.iters=2", "eval.every=2"))
     assert result["steps"] == 2 and result["miou"] is not None
+
+
+def test_same_partner_visits_the_same_images_with_independent_augmentations(tmp_path):
+    """mix_partner=same (the reference): loader_u's order, its own augmentation seed."""
+    from torch.utils.data import Dataset
+
+    from semivl_fast.engine.data import make_loader, set_epoch
+
+    class Draws(Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return i, torch.rand(())  # the index and one random "augmentation"
+
+    main = make_loader(Draws(), 3, seed=1, rank=0, world=1, workers=0)
+    same = make_loader(Draws(), 3, seed=1, rank=0, world=1, workers=0, aug_seed=2)
+    shuffled = make_loader(Draws(), 3, seed=2, rank=0, world=1, workers=0, aug_seed=2)
+
+    def epoch(loader):
+        set_epoch(loader, 1)
+        batches = list(loader)
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+    (i_main, a_main), (i_same, a_same), (i_shuf, _) = epoch(main), epoch(same), epoch(shuffled)
+    assert torch.equal(i_main, i_same) and not torch.equal(i_main, i_shuf)
+    assert not torch.isclose(a_main, a_same).any()
+    with pytest.raises(ValueError, match="mix_partner"):
+        train.main(["train.mix_partner=shifted", f"train.out_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -120,9 +120,12 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, workers: int,
-                shuffle: bool = True) -> DataLoader:
-    """A loader over ``SeededSamples(dataset)`` with an ``EpochSampler``; call ``set_epoch(loader, e, start)``."""
-    data = SeededSamples(dataset, seed)
+                shuffle: bool = True, aug_seed: int | None = None) -> DataLoader:
+    """A loader over ``SeededSamples(dataset)`` with an ``EpochSampler``; call ``set_epoch(loader, e, start)``.
+
+    ``seed`` orders the epochs; ``aug_seed`` (default ``seed``) seeds the augmentations, so two loaders can visit
+    the same images in the same order with independent random views (the reference's CutMix partner)."""
+    data = SeededSamples(dataset, seed if aug_seed is None else aug_seed)
     sampler = EpochSampler(len(data), seed, rank, world, shuffle)
     # its own generator: creating an iterator must not consume the global RNG (exact resume, FP dropout masks)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,

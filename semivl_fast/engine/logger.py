@@ -31,6 +31,26 @@ def setup_logging(out_dir: str | Path | None = None) -> None:
         LOG.addHandler(file)
 
 
+def log_environment(device: torch.device) -> None:
+    """One line each, once at the start of a run: code revision, versions and build, the face every op runs."""
+    import subprocess
+
+    import semivl_fast
+    from semivl_fast.ops import active_backends
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(semivl_fast.__file__).parent).stdout.strip() or "not a git checkout"
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    info = semivl_fast.build_info()
+    LOG.info(f"semivl_fast {semivl_fast.__version__} ({sha}); torch {info['torch']} (CUDA {info['torch_cuda']}), "
+             f"triton {info['triton']}; kernels: C++ {info['cpu_kernels']}, CUDA {info['cuda_kernels']}"
+             + (f" (sm {info['cuda_archs']})" if info["cuda_archs"] else ""))
+    LOG.info("ops on " + str(device) + ": " + ", ".join(f"{op} -> {face}"
+                                                         for op, face in active_backends(device).items()))
+
+
 class RunLogger:
     """Scalars and images to TensorBoard (if installed and enabled) and a progress bar / periodic log lines."""
 

@@ -103,7 +103,9 @@ class ClipBackbone(nn.Module):
         self.width = int(visual.conv1.out_channels)
         self.embed_dim = int(visual.proj.shape[1])
         self.num_heads = int(visual.transformer.resblocks[0].attn.num_heads)
-        grid = image_size // self.patch_size + (image_size % self.patch_size > 0)
+        # stored grid: floor(crop / patch) as the reference (801 -> 50x50); a padded crop's larger token grid
+        # (801 -> 51x51) gets the table resized on every forward
+        grid = max(1, image_size // self.patch_size)
         with torch.no_grad():
             pos = resize_pos_embed(visual.positional_embedding.data, (grid, grid))
         visual.positional_embedding = nn.Parameter(pos)

@@ -54,6 +54,9 @@ def create_clip(model_name: str, pretrained: str | None = None, **kwargs: Any) -
             hint = f"known tags: {', '.join(tags)}" if tags else "this model has no pretrained tags"
             raise ValueError(f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {model_name} "
                              f"({hint})")
+    if pretrained and not os.path.isfile(pretrained) and "force_quick_gelu" not in kwargs:
+        # the tag's weights were trained with QuickGELU (OpenAI's): build the towers with it, as CLIP itself is
+        kwargs["force_quick_gelu"] = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained or None, **kwargs)
     except Exception as e:  # network failure or a corrupt file: say which, and what to do

@@ -37,7 +37,7 @@ from semivl_fast.ops.cost_volume import concept_max, ensemble_text
 from semivl_fast.text.classes import ClassSet, load_class_set, normalize_mode
 from semivl_fast.text.templates import fill_template, get_templates
 
-CACHE_FORMAT = 1  # bump when the cached content or its key changes meaning
+CACHE_FORMAT = 2  # bump when the cached content or its key changes meaning (2: QuickGELU for OpenAI tags)
 
 
 @dataclass
