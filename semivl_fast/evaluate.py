@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -22,26 +25,58 @@ from torch import Tensor
 
 from semivl_fast.config import Config, EvalConfig
 from semivl_fast.engine.dist import all_reduce_sum, is_main
+from semivl_fast.engine.logger import LOG
 from semivl_fast.inference import predict_logits, resize_to
 from semivl_fast.metrics import format_iou_table, intersection_union, miou
+
+
+def progress_iter(items: Iterable, total: int | None = None, desc: str = "eval", every_s: float = 30.0) -> Iterator:
+    """``items``, reporting progress on rank 0: a tqdm bar when stderr is a terminal, otherwise a log line (logger
+    ``semivl_fast``) at most every ``every_s`` seconds and one at the end. Other ranks stay silent."""
+    if not is_main():
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(items, total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False) as bar:
+            yield from bar
+        return
+    start = last = time.time()
+    of = f"/{total}" if total is not None else ""
+    n = 0
+    for n, item in enumerate(items, 1):
+        yield item
+        now = time.time()
+        if now - last >= every_s and n != total:
+            last = now
+            LOG.info(f"{desc}: {n}{of} images, {n / max(now - start, 1e-9):.2f} img/s")
+    LOG.info(f"{desc}: {n}{of} images in {time.time() - start:.1f} s")
 
 
 @torch.no_grad()
 def evaluate(model: Callable[[Tensor], Tensor], samples: Iterable, num_classes: int, window: int,
              cfg: EvalConfig, device: torch.device, autocast: contextlib.AbstractContextManager | None = None,
-             progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
+             progress: bool | Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
     """mIoU over ``samples`` of (image (3, h, w) normalised, mask (H, W) int64, name), one image at a time.
 
-    Under DDP every process evaluates its shard and the counts are summed. Returns miou (%), iou (per class, %),
-    and the number of images.
+    ``progress``: True for ``progress_iter`` (a bar on a terminal, log lines otherwise; rank 0 only), a callable
+    wrapping the samples, or None/False for none. Under DDP every process evaluates its shard and the counts are
+    summed. Returns miou (%), iou (per class, %), and the number of images.
     """
     inter = torch.zeros(num_classes, dtype=torch.int64)
     union = torch.zeros(num_classes, dtype=torch.int64)
     autocast = autocast or contextlib.nullcontext()
+    total = len(samples) if hasattr(samples, "__len__") else None
+    if cfg.max_images:
+        samples = itertools.islice(samples, cfg.max_images)
+        total = min(total, cfg.max_images) if total is not None else None
+    if progress is True:
+        samples = progress_iter(samples, total)
+    elif progress:
+        samples = progress(samples)
     count = 0
-    for i, (image, mask, _name) in enumerate(progress(samples) if progress else samples):
-        if cfg.max_images and i >= cfg.max_images:
-            break
+    for image, mask, _name in samples:
         image = image.to(device)
         if image.dim() == 3:
             image, mask = image.unsqueeze(0), mask.unsqueeze(0)
@@ -57,6 +92,16 @@ def evaluate(model: Callable[[Tensor], Tensor], samples: Iterable, num_classes: 
     return {"miou": m, "iou": iou.tolist(), "images": int(all_reduce_sum(torch.tensor(count, device=device)))}
 
 
+def _cli_logging() -> None:
+    """The CLI's log: progress lines to stderr (stdout carries the table or the JSON), rank 0 only."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    LOG.handlers.clear()
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO if is_main() else logging.WARNING)
+    LOG.propagate = False
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from semivl_fast.checkpoint import load_trained_model
     from semivl_fast.config import deep_update, from_dict, parse_overrides, to_dict
@@ -67,9 +112,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "ViL-Seg pretraining run, vilseg.safetensors or its last.pt)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar / progress log lines (on stderr)")
     add_zero_shot_args(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/voc")
     args = parser.parse_args(argv)
+    if args.progress:
+        _cli_logging()
     if args.zero_shot:
         return zero_shot_main(args)
     if not args.checkpoint:
@@ -79,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg: Config = from_dict(deep_update(to_dict(cfg), parse_overrides(args.overrides)))
     dataset = build_val_dataset(cfg.data)
     result = evaluate(lambda x: model(x), dataset, model.num_classes, cfg.data.crop_size, cfg.eval,
-                      torch.device(args.device))
+                      torch.device(args.device), progress=args.progress)
     if is_main():
         if args.json:
             print(json.dumps(result))
@@ -121,7 +170,8 @@ def zero_shot_main(args: argparse.Namespace) -> dict[str, Any]:
     text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
                           args.text_mode, src.weights).to(device)
     seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(device)
-    result = evaluate(lambda x: seg(x), dataset, text.num_classes, cfg.data.crop_size, cfg.eval, device)
+    result = evaluate(lambda x: seg(x), dataset, text.num_classes, cfg.data.crop_size, cfg.eval, device,
+                      progress=getattr(args, "progress", True))
     result["method"] = args.method
     if is_main():
         if args.json:

@@ -122,6 +122,9 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
 
     seed_everything(tc.seed)  # initial weights depend on the seed only (DDP also broadcasts them)
     model = build_semivl(cfg.model, classes=data.class_set).to(device)
+    if cfg.model.conv_encoder and not cfg.model.conv_encoder_pretrained:
+        LOG.warning("the ResNet stem (model.conv_encoder) starts from random weights; the reference initialises it "
+                    "from ImageNet: pass model.conv_encoder_pretrained=/path/resnet101_v1c-e67eebb6.pth")
     text = model.text
     guidance = None
     if tc.semi and tc.guidance:
@@ -165,8 +168,9 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
 
     def evaluate_now() -> dict:
         model.eval()
-        shard = (val[i] for i in range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
-        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, autocast)
+        shard = torch.utils.data.Subset(val, range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
+        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, autocast,
+                       progress=tc.progress)
         if logger.writer is not None:  # one prediction overlay per evaluation
             image, _, _ = val[0]
             with torch.no_grad(), autocast:
