@@ -55,3 +55,19 @@ def test_sliding_windows_cover_and_average():
                     count[:, :, y:y + 16, x:x + 16] += 1
             ref = ref.softmax(1) * count
         torch.testing.assert_close(out, ref)
+
+
+def test_evaluation_progress_logs_lines_when_not_a_terminal(monkeypatch, caplog):
+    import logging
+    import sys
+
+    from semivl_fast.evaluate import progress_iter
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    logger = logging.getLogger("semivl_fast")
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.INFO, logger="semivl_fast"):
+        assert list(progress_iter(range(5), total=5, every_s=0.0)) == list(range(5))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5 and all(line.startswith(f"eval: {n}/5 images, ") for n, line in enumerate(lines[:4], 1))
+    assert lines[-1].startswith("eval: 5/5 images in ")
