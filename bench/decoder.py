@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     cases = all_cases(args.classes, args.ops.split(","))
 
     machine = measure_machine(device)
-    env = environment()
+    env = environment(device)
     print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
           f"peaks: {machine.flops / 1e9:.0f} GFLOP/s, {machine.bandwidth / 1e9:.1f} GB/s")
     rows: list[Row] = []

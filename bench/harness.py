@@ -142,8 +142,9 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
     return peak / 2**20
 
 
-def environment() -> dict[str, Any]:
-    """Device, versions and commit, stored with every result."""
+def environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The benchmarked ``device`` (default: CUDA if available, else the CPU), versions and commit, stored with every
+    result."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip()
@@ -159,8 +160,9 @@ def environment() -> dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": name,
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "triton": triton_version, "python": platform.python_version(),
             "commit": commit + ("+dirty" if dirty else ""),

@@ -4,6 +4,7 @@ torch.compile; the AOT specs at the decoder's shapes."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tolerances import assert_close, tol
 needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
 needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
                                   reason="needs a GPU or TRITON_INTERPRET=1")
+CA = importlib.import_module("semivl_fast.ops.class_attention")  # the module (the package exports the function)
 ENV = "SEMIVL_FAST_BACKEND_CLASS_ATTENTION"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES_N = [1, 19, 21, 150, 171]
@@ -225,6 +227,56 @@ def test_auto_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
     assert _common.backend("class_attention", torch.device("cpu"), ("cpp", "triton")) == expected
 
 
+@pytest.fixture
+def auto_backend(monkeypatch):
+    """The auto backend, with Triton importable (the choice is pure logic: no GPU needed)."""
+    pytest.importorskip("triton")  # supports() lives in the Triton kernels' module
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("SEMIVL_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(_common, "has_triton", lambda: True)
+
+
+@pytest.mark.parametrize(("dtype", "n", "d", "xformers", "want"), [
+    (torch.float32, 21, 64, False, "triton"),
+    (torch.bfloat16, 171, 64, True, "triton"),  # 256 x 64: the largest tile
+    (torch.float16, 300, 64, True, "xformers"),  # N > 256
+    (torch.float32, 300, 64, False, "sdpa"),
+    (torch.float32, 21, 256, False, "sdpa"),  # D > 128
+    (torch.float64, 21, 64, True, "reference"),  # no float64 Triton kernel
+    (torch.float64, 300, 64, False, "reference"),
+])
+def test_gpu_dispatch_choice(dtype, n, d, xformers, want, auto_backend, monkeypatch):
+    monkeypatch.setattr(CA, "_HAS_XFORMERS", xformers)
+    assert CA._path(torch.device("cuda"), dtype, n, d) == want
+
+
+def test_dispatch_choice_without_triton_on_cpu_and_forced(auto_backend, monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert CA._path(cpu, torch.float64, 300, 256) == ("cpp" if semivl_fast.has_ext() else "reference")
+    monkeypatch.setattr(_common, "has_triton", lambda: False)
+    assert CA._path(cuda, torch.float32, 21, 64) == "reference"  # no CUDA C++ face for this op
+    monkeypatch.setenv(ENV, "triton")
+    assert CA._path(cuda, torch.float64, 21, 64) == "reference"
+    assert CA._path(cuda, torch.float32, 300, 64) == "sdpa"
+    assert CA._path(cpu, torch.float64, 21, 64) == "triton"  # the interpreter gets what it is asked for
+    monkeypatch.setenv(ENV, "reference")
+    assert CA._path(cuda, torch.float16, 21, 64) == "reference"
+
+
+@pytest.mark.parametrize("library", ["sdpa", pytest.param("xformers", marks=pytest.mark.skipif(
+    not CA._HAS_XFORMERS, reason="xformers not installed"))])
+def test_library_path_matches_reference(library, monkeypatch):
+    """What class_attention runs for shapes Triton does not take, here on CPU: forward and backward."""
+    dev = DEVICE if library == "xformers" else "cpu"
+    leaf = _qkv(2, 37, 2, 16, torch.float32, dev).requires_grad_()
+    go = torch.randn(2, 37, 32, device=dev)
+    ref, gref = _fwd_bwd("reference", leaf, lambda x: x, 2, go, monkeypatch)
+    monkeypatch.setattr(CA, "_path", lambda *a: library)
+    out, grad = _fwd_bwd("cpp", leaf, lambda x: x, 2, go, monkeypatch)
+    assert_close(out, ref, "library", torch.float32, "out")
+    assert_close(grad, gref, "library", torch.float32, "grad qkv")
+
+
 # --------------------------------------------------------------------------------------------------------------- errors
 
 
@@ -244,6 +296,16 @@ def test_bad_arguments_name_the_argument(face, monkeypatch):
         class_attention(good[:, :0], 2)
     with pytest.raises(ValueError, match="'scale' must be finite"):
         class_attention(good, 2, scale=float("nan"))
+
+
+@needs_ext
+def test_cpp_face_rejects_other_devices():
+    """Forward and backward face on non-CPU tensors (meta: the custom op itself would run its fake kernel)."""
+    qkv, out = torch.randn(2, 5, 24, device="meta"), torch.randn(2, 5, 8, device="meta")
+    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        CA._forward_cpp(qkv, 2, 1.0)
+    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        CA._backward_cpp(out, qkv, out, torch.randn(2, 2, 5, device="meta"), 2, 1.0)
 
 
 @needs_ext
@@ -272,7 +334,7 @@ def test_raw_cpp_ops_check_their_arguments():
 
 @needs_triton
 def test_triton_launcher_checks_its_arguments():
-    from semivl_fast.kernels.class_attention import class_attention_fwd
+    from semivl_fast.kernels.class_attention import class_attention_bwd, class_attention_fwd
 
     q, k, v = (torch.randn(2, 3, 5, 8, device=DEVICE) for _ in range(3))
     out, lse = torch.empty(2, 3, 5, 8, device=DEVICE), torch.empty(2, 3, 5, device=DEVICE)
@@ -287,14 +349,27 @@ def test_triton_launcher_checks_its_arguments():
         class_attention_fwd(q, k, v, out.transpose(2, 3).contiguous().transpose(2, 3), lse, 1.0)
     with pytest.raises(ValueError, match="argument 'lse' must be a contiguous float32"):
         class_attention_fwd(q, k, v, out, lse.double(), 1.0)
+    with pytest.raises(ValueError, match=r"argument 'k' must match 'q' .*, got \(.*meta\)"):
+        class_attention_fwd(q, k.to("meta"), v, out, lse, 1.0)
+    with pytest.raises(ValueError, match=r"argument 'lse' must be a contiguous float32 .* on meta"):
+        class_attention_fwd(q, k, v, out, lse.to("meta"), 1.0)
+    grads = [torch.empty_like(q) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"argument 'grad_out' must match 'q' .*, got \(.*meta\)"):
+        class_attention_bwd(out.to("meta"), q, k, v, out, lse, 1.0, *grads, torch.empty_like(lse))
 
 
 def test_float64_on_triton_is_a_clear_error(monkeypatch):
     if not (INTERPRET or torch.cuda.is_available()):
         pytest.skip("needs Triton")
     monkeypatch.setenv(ENV, "triton")
+    qkv = torch.randn(2, 3, 12, dtype=torch.float64, device=DEVICE)
     with pytest.raises(TypeError, match="float64 runs on the C\\+\\+ and reference faces"):
-        class_attention(torch.randn(2, 3, 12, dtype=torch.float64, device=DEVICE), 2)
+        torch.ops.semivl_fast.class_attention(qkv, 2, 0.5)  # the Triton face itself
+    if DEVICE == "cpu":  # the interpreter runs what it is asked to
+        with pytest.raises(TypeError, match="float64 runs on the C\\+\\+ and reference faces"):
+            class_attention(qkv, 2)
+    else:  # on CUDA, class_attention sends float64 to the reference (test_gpu_dispatch_choice)
+        torch.testing.assert_close(class_attention(qkv, 2), class_attention_reference(qkv, 2))
 
 
 # ------------------------------------------------------------------------------------------------- opcheck / compile

@@ -13,6 +13,7 @@ import semivl_fast
 from semivl_fast.kernels import INTERPRET
 from semivl_fast.ops import _common
 from semivl_fast.ops.cost_volume import (
+    _bwd_cpp,
     concept_max,
     cost_volume,
     cost_volume_cpp,
@@ -113,6 +114,7 @@ SHAPES = [  # (B, C, H, W, N)
     (1, 512, 8, 8, 150),
     (2, 96, 5, 3, 1),
     (1, 96, 33, 31, 19),
+    (1, 64, 5, 7, 171),
 ]
 
 
@@ -355,6 +357,27 @@ def test_bad_arguments_name_the_argument(fn):
         fn(image, text, torch.tensor([0, 0, 0]), 0)
 
 
+@pytest.mark.parametrize("fn", [cost_volume_reference, cost_volume, pytest.param(cost_volume_cpp, marks=needs_ext),
+                                pytest.param(cost_volume_triton, marks=needs_triton)])
+def test_wrong_device_names_the_argument(fn):
+    image, text = torch.randn(2, 8, 4, 5), torch.randn(3, 8)
+    with pytest.raises(ValueError, match="'text' is on meta but 'image' on cpu"):
+        fn(image, text.to("meta"))
+    with pytest.raises(ValueError, match="'text' is on meta but 'image' on cpu"):
+        fn(image, torch.randn(3, 2, 8, device="meta"))
+
+
+@needs_ext
+def test_cpp_face_rejects_other_devices():
+    """Forward and backward face on non-CPU tensors (meta: the custom op itself would run its fake kernel)."""
+    image, text = torch.randn(2, 8, 4, 5, device="meta"), torch.randn(3, 8, device="meta")
+    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        cost_volume_cpp(image, text)
+    grad = torch.randn(2, 3, 4, 5, device="meta")
+    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        _bwd_cpp(grad, image, F.normalize(text, dim=-1), None, 0, grad, True, True)
+
+
 @needs_ext
 def test_raw_cpp_ops_check_their_arguments():
     fwd, bwd = torch.ops.semivl_fast_C.cost_volume_forward_, torch.ops.semivl_fast_C.cost_volume_backward_
@@ -384,6 +407,12 @@ def test_triton_launcher_checks_its_arguments():
         cost_volume_fwd(x.double(), t.double(), None, 0)
     with pytest.raises(TypeError, match="'text' must have the image dtype"):
         cost_volume_fwd(x, t.half(), None, 0)
+    with pytest.raises(TypeError, match=r"'text' must have the image dtype and device .*, got .*meta"):
+        cost_volume_fwd(x, t.to("meta"), None, 0)
+    with pytest.raises(ValueError, match=r"'image' must be a CUDA tensor .* got meta"):
+        cost_volume_fwd(x.to("meta"), t.to("meta"), None, 0)
+    with pytest.raises(ValueError, match=r"'groups' must be int64 of shape \(3,\) on .*, got .* on meta"):
+        cost_volume_fwd(x, t, torch.zeros(3, dtype=torch.long, device="meta"), 1)
     with pytest.raises(ValueError, match="'groups' must be int64 of shape \\(3,\\)"):
         cost_volume_fwd(x, t, torch.zeros(2, dtype=torch.long, device=DEV), 1)
     with pytest.raises(ValueError, match="'grad' and 'out' must have shape"):

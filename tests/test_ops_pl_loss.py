@@ -12,6 +12,7 @@ padding (ignore / ignore_mix). The accepted set is then identical in every face 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from semivl_fast.ops.pl_loss import (
     pseudo_label_loss_triton,
 )
 
-from tolerances import assert_close
+from tolerances import assert_close, assert_grad_rel
 
 needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
 try:
@@ -49,12 +50,12 @@ REDUCTIONS = ("valid", "all")
 # ------------------------------------------------------------------------------------------------- test data
 
 def _probe(teacher: torch.Tensor, size, scale: float):
-    """float64 confidence and top-2 probability gap of softmax(scale * upsample(teacher))."""
+    """float64 confidence, label and top-2 probability gap of softmax(scale * upsample(teacher))."""
     p = torch.softmax(scale * F.interpolate(teacher.double(), size=size, mode="bilinear", align_corners=False), 1)
     if p.shape[1] == 1:
-        return p[:, 0], torch.full_like(p[:, 0], float("inf"))
-    top = p.topk(2, dim=1).values
-    return top[:, 0], top[:, 0] - top[:, 1]
+        return p[:, 0], torch.zeros_like(p[:, 0], dtype=torch.long), torch.full_like(p[:, 0], float("inf"))
+    top = p.topk(2, dim=1)
+    return top.values[:, 0], top.indices[:, 0], top.values[:, 0] - top.values[:, 1]
 
 
 def _make(b, n, low, size, dtype=torch.float32, *, teacher_low=None, mix_low=None, cutmix=True, supervised=False,
@@ -72,7 +73,7 @@ def _make(b, n, low, size, dtype=torch.float32, *, teacher_low=None, mix_low=Non
         return kw
     teacher_low = teacher_low or low
     teacher = (torch.randn(b, n, *teacher_low, generator=g) * spread / scale).to(dtype)
-    conf, gap = _probe(teacher, size, scale)
+    conf, _, gap = _probe(teacher, size, scale)
     kw["teacher"] = teacher
     if cutmix:
         mix = (torch.randn(b, n, *(mix_low or teacher_low), generator=g) * spread / scale).to(dtype)
@@ -82,7 +83,7 @@ def _make(b, n, low, size, dtype=torch.float32, *, teacher_low=None, mix_low=Non
             boxes = torch.stack([y0, x0, y0 + torch.randint(1, big_h + 1, (b,), generator=g),
                                  x0 + torch.randint(1, big_w + 1, (b,), generator=g)], 1)
         inside = box_mask(boxes, size)
-        conf_m, gap_m = _probe(mix, size, scale)
+        conf_m, _, gap_m = _probe(mix, size, scale)
         conf, gap = torch.where(inside, conf_m, conf), torch.where(inside, gap_m, gap)
         kw.update(teacher_mix=mix, boxes=boxes)
     safe = gap > MARGIN
@@ -122,18 +123,16 @@ def _assert_matches(out, ref, backend, dtype, what=""):
     assert_close(loss, loss_r, backend, dtype, f"{what} loss")
     assert_close(stats, stats_r.float(), backend, torch.float32 if dtype == torch.float64 else dtype, f"{what} stats")
     assert_close(grad, grad_r, backend, dtype, f"{what} grad")
-    # and relative to the gradient's own scale (the absolute tolerance alone would be loose for small gradients)
-    rel = ((grad.double() - grad_r).norm() / grad_r.norm().clamp_min(1e-30)).item()
-    limit = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
-    assert rel < limit or grad_r.norm() == 0, f"{what} grad: relative error {rel:.3g} >= {limit}"
+    assert_grad_rel(grad, grad_r, dtype, f"{what} grad")
 
 
 # (b, n, student low-res, crop, teacher low-res, partner low-res): odd sizes, factor 4, non-integer factors,
-# same size (copy), downsampling, N = 1 / 19 / 21 / 150.
+# same size (copy), downsampling, N = 1 / 19 / 21 / 150 / 171.
 SHAPES = {
     "odd_7x9_to_33x30": (2, 19, (7, 9), (33, 30), (5, 6), (4, 7)),
     "x4_8x8_to_32x32": (2, 21, (8, 8), (32, 32), (8, 8), (2, 2)),
     "n150": (1, 150, (5, 4), (20, 16), (3, 3), (2, 5)),
+    "n171": (1, 171, (3, 4), (9, 10), (3, 3), (2, 3)),
     "n1": (3, 1, (3, 5), (7, 11), (3, 5), (1, 1)),
     "same_size": (2, 5, (6, 6), (6, 6), (3, 3), (6, 6)),
     "downsample": (1, 7, (9, 7), (5, 4), (9, 7), (2, 3)),
@@ -155,6 +154,26 @@ def cpp_path(request, monkeypatch):
     the per-pixel functions the CUDA kernels run (their math, tested here without a GPU)."""
     _use_cpu_path(request.param, monkeypatch)
     return request.param
+
+
+def _faces():
+    """Every face as a public function: the reference, the C++ kernel on each CPU path (any_face sets it), Triton."""
+    faces = [pytest.param(pseudo_label_loss_reference, id="reference")]
+    faces += [pytest.param(path, id=f"cpp_{path}", marks=needs_ext) for path in CPU_PATHS]
+    faces += [pytest.param(pseudo_label_loss_triton, id="triton", marks=needs_triton)]
+    return faces
+
+
+@pytest.fixture
+def any_face(request, monkeypatch):
+    face = request.param
+    if face in CPU_PATHS:
+        _use_cpu_path(face, monkeypatch)
+        face = pseudo_label_loss_cpp
+    return face
+
+
+BACKEND = {pseudo_label_loss_reference: "reference", pseudo_label_loss_cpp: "cpp", pseudo_label_loss_triton: "triton"}
 
 
 # ----------------------------------------------------------------------------------------- C++ vs reference
@@ -235,23 +254,13 @@ def test_cpp_clip_guidance_scale_100_threshold_09(cpp_path):
     assert 0.05 < out[1][0] < 0.95, "the guidance case should accept some pixels and reject others"
 
 
-@needs_ext
-def test_cpp_non_contiguous_inputs(cpp_path):
-    kw = _make(2, 19, (9, 7), (33, 30), teacher_low=(6, 5), seed=19)
-    nc = dict(kw)
-    nc["student"] = kw["student"].detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
-    nc["teacher"] = kw["teacher"].transpose(2, 3).contiguous().transpose(2, 3)
-    nc["ignore"] = kw["ignore"].transpose(1, 2).contiguous().transpose(1, 2)
-    assert not nc["student"].is_contiguous() and not nc["teacher"].is_contiguous()
-    _assert_matches(_run(pseudo_label_loss_cpp, nc, (33, 30)), _reference64(kw, (33, 30)), "cpp", torch.float32)
-
-
 # -------------------------------------------------------------------------------------- Triton vs reference
 
 TRITON_CASES = {
     "cutmix_threshold_valid": dict(shape="odd_7x9_to_33x30", mode="threshold", reduction="valid"),
     "cutmix_confidence_all": dict(shape="x4_8x8_to_32x32", mode="confidence", reduction="all"),
     "n150_none": dict(shape="n150", mode="none", reduction="valid"),
+    "n171_confidence": dict(shape="n171", mode="confidence", reduction="valid"),
     "n1_supervised": dict(shape="n1", mode="threshold", reduction="all", supervised=True),
     "downsample_uint8": dict(shape="downsample", mode="threshold", reduction="valid", ignore_dtype=torch.uint8),
     "guidance_fp16": dict(shape="x4_8x8_to_32x32", mode="threshold", reduction="valid", scale=100.0,
@@ -271,23 +280,69 @@ def test_triton_matches_reference(case):
     _assert_matches(out, ref, "triton", dtype, case)
 
 
+# ------------------------------------------------------------------------ every face: layouts, exact labels
+
+@pytest.mark.parametrize("any_face", _faces(), indirect=True)
+def test_non_contiguous_inputs(any_face):
+    kw = _make(2, 19, (9, 7), (33, 30), teacher_low=(6, 5), mix_low=(5, 6), seed=19)
+    nc = dict(kw)
+    nc["student"] = kw["student"].detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
+    for name in ("teacher", "teacher_mix"):
+        nc[name] = kw[name].transpose(2, 3).contiguous().transpose(2, 3)
+    for name in ("ignore", "ignore_mix"):
+        nc[name] = kw[name].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not any(nc[k].is_contiguous() for k in ("student", "teacher", "teacher_mix", "ignore", "ignore_mix"))
+    _assert_matches(_run(any_face, nc, (33, 30)), _reference64(kw, (33, 30)), BACKEND[any_face], torch.float32)
+
+
+def _code64(kw, size, use_threshold):
+    """The per-pixel code the reference's targets imply, in float64: the label where the pixel is accepted (valid,
+    and confidence >= threshold when thresholding), else -1; and the valid mask."""
+    if "target" in kw:
+        valid = kw["target"] != 255
+        labels, conf = kw["target"], torch.ones(valid.shape, dtype=torch.float64)
+    else:
+        conf, labels, _ = _probe(kw["teacher"], size, kw["scale"])
+        pad = kw["ignore"].bool()
+        if "teacher_mix" in kw:
+            conf_m, labels_m, _ = _probe(kw["teacher_mix"], size, kw["scale"])
+            inside = box_mask(kw["boxes"], size)
+            conf, labels = torch.where(inside, conf_m, conf), torch.where(inside, labels_m, labels)
+            pad = torch.where(inside, kw["ignore_mix"].bool(), pad)
+        valid = ~pad
+    accepted = valid & (conf >= kw["threshold"]) if use_threshold else valid
+    return torch.where(accepted, labels, -1), valid
+
+
+CODE_CASES = {
+    "cutmix_threshold": dict(shape="odd_7x9_to_33x30", mode="threshold"),
+    "n171_unfiltered": dict(shape="n171", mode="none"),
+    "guidance": dict(shape="x4_8x8_to_32x32", mode="threshold", scale=100.0, threshold=0.9, spread=4.0),
+    "supervised": dict(shape="downsample", mode="threshold", supervised=True),
+}
+
+
+@pytest.mark.parametrize("any_face", [f for f in _faces() if f.id != "reference"], indirect=True)
+@pytest.mark.parametrize("case", CODE_CASES, ids=str)
+def test_labels_and_masks_match_reference_exactly(any_face, case):
+    """The fused forward's code (label if accepted, else -1) equals the reference's targets pixel for pixel
+    (_make pads every pixel near a tie or the threshold); the reference's accepted fraction counts the same pixels."""
+    c = dict(CODE_CASES[case])
+    b, n, low, size, t_low, m_low = SHAPES[c.pop("shape")]
+    mode = c.pop("mode")
+    kw = _make(b, n, low, size, teacher_low=t_low, mix_low=m_low, seed=61, **c)
+    want, valid = _code64(kw, size, mode == "threshold")
+    assert (want >= 0).any() and (want < 0).any()
+    stats = _reference64(kw, size, mode=mode)[1]
+    assert stats[0] == ((want >= 0).sum().double() / valid.sum().double()).float()
+    _, code, _ = P._FORWARD[BACKEND[any_face]](kw["student"].detach(), list(size), kw.get("target"),
+                                                kw.get("teacher"), kw.get("teacher_mix"), kw.get("boxes"),
+                                                kw.get("ignore"), kw.get("ignore_mix"), kw["threshold"],
+                                                kw.get("scale", 1.0), mode == "threshold")
+    assert code.dtype == torch.int32 and torch.equal(code.long(), want)
+
+
 # ------------------------------------------------------------------------------------------ hand-made cases
-
-def _faces():
-    faces = [pytest.param(pseudo_label_loss_reference, id="reference")]
-    faces += [pytest.param(path, id=f"cpp_{path}", marks=needs_ext) for path in CPU_PATHS]
-    faces += [pytest.param(pseudo_label_loss_triton, id="triton", marks=needs_triton)]
-    return faces
-
-
-@pytest.fixture
-def any_face(request, monkeypatch):
-    face = request.param
-    if face in CPU_PATHS:
-        _use_cpu_path(face, monkeypatch)
-        face = pseudo_label_loss_cpp
-    return face
-
 
 @pytest.mark.parametrize("any_face", _faces(), indirect=True)
 def test_hand_made_supervised_1x1_to_2x2(any_face):
@@ -322,6 +377,57 @@ def test_hand_made_pseudo_labels_1x2_to_1x4(any_face):
     torch.testing.assert_close(loss, torch.tensor(0.41680604118501297), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stats, torch.tensor([0.5, 0.8523530047991004]), atol=1e-6, rtol=1e-6)
     g = torch.tensor([0.03890370820011591, 0.24171112460034774])
+    torch.testing.assert_close(grad.flatten(), torch.cat([g, -g]), atol=1e-6, rtol=1e-6)
+
+
+def _sigmoid(z):
+    return 1 / (1 + math.exp(-z))
+
+
+def _softplus(z):
+    return math.log1p(math.exp(z))
+
+
+# The 1x2 -> 1x4 row above: teacher class-1 margins [-2, -0.5, 2.5, 4] (labels [0, 0, 1, 1], confidences
+# sigmoid(2, 0.5, 2.5, 4)); student class 0 = [2, 1.5, 0.5, 0], class 1 = 0, so ce = softplus(-v) for label 0 and
+# softplus(v) for label 1, and d ce / d v0 = sigmoid(v) - [label 0] (class 1: the negative). A high-res gradient
+# g = [g0, g1, g2, g3] reaches the two low-res columns as [g0 + 0.75 g1 + 0.25 g2, 0.25 g1 + 0.75 g2 + g3].
+def _low_res(g):
+    return torch.tensor([g[0] + 0.75 * g[1] + 0.25 * g[2], 0.25 * g[1] + 0.75 * g[2] + g[3]])
+
+
+@pytest.mark.parametrize("any_face", _faces(), indirect=True)
+def test_hand_made_confidence_weighted_1x2_to_1x4(any_face):
+    # Cityscapes "pixelavg" with pixel X=1 padded: no threshold (0.99 would reject all), every valid pixel weighted
+    # by the image's mean confidence m over its valid pixels X=0, 2, 3; the padded pixel has weight 0; / 3 valid.
+    student = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
+    teacher = torch.tensor([[[[0.0, 0.0]], [[-2.0, 4.0]]]])
+    ignore = torch.tensor([[[False, True, False, False]]])
+    loss, stats = any_face(student, (1, 4), teacher=teacher, ignore=ignore, threshold=0.99, mode="confidence")
+    (grad,) = torch.autograd.grad(loss, student)
+    m = (_sigmoid(2) + _sigmoid(2.5) + _sigmoid(4)) / 3
+    torch.testing.assert_close(loss, torch.tensor(m * (_softplus(-2) + _softplus(0.5) + _softplus(0)) / 3),
+                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(stats, torch.tensor([1.0, m]), atol=1e-6, rtol=1e-6)
+    g = _low_res([m / 3 * (_sigmoid(2) - 1), 0.0, m / 3 * _sigmoid(0.5), m / 3 * _sigmoid(0)])
+    torch.testing.assert_close(grad.flatten(), torch.cat([g, -g]), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("any_face", _faces(), indirect=True)
+def test_hand_made_clip_guidance_1x2_to_1x4(any_face):
+    # CLIP guidance: similarities [0, 0] / [-0.02, 0.04], softmax(100 s) gives the margins above; 0.9 accepts X=2
+    # and X=3, X=3 is padded, so X=2 alone counts, divided by all 4 pixels. Stats: 1 of 3 valid pixels accepted,
+    # mean confidence over the valid X=0, 1, 2.
+    student = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
+    teacher = torch.tensor([[[[0.0, 0.0]], [[-0.02, 0.04]]]])
+    ignore = torch.tensor([[[False, False, False, True]]])
+    loss, stats = any_face(student, (1, 4), teacher=teacher, ignore=ignore, scale=100.0, threshold=0.9,
+                           reduction="all")
+    (grad,) = torch.autograd.grad(loss, student)
+    torch.testing.assert_close(loss, torch.tensor(_softplus(0.5) / 4), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(stats, torch.tensor([1 / 3, (_sigmoid(2) + _sigmoid(0.5) + _sigmoid(2.5)) / 3]),
+                               atol=1e-6, rtol=1e-6)
+    g = _low_res([0.0, 0.0, _sigmoid(0.5) / 4, 0.0])
     torch.testing.assert_close(grad.flatten(), torch.cat([g, -g]), atol=1e-6, rtol=1e-6)
 
 
@@ -421,6 +527,22 @@ def test_bad_arguments_name_the_argument(face):
         face(s, (0, 10), teacher=t)
 
 
+@pytest.mark.parametrize("face", _public_faces())
+def test_wrong_device_names_the_argument(face):
+    s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    meta = lambda x: x.to("meta")
+    mask, boxes = torch.zeros(2, 8, 10, dtype=torch.bool), torch.tensor([[0, 0, 4, 4], [2, 2, 8, 10]])
+    with pytest.raises(ValueError, match="'target' is on meta but 'student' on cpu"):
+        face(s, (8, 10), target=meta(torch.zeros(2, 8, 10, dtype=torch.long)))
+    for name, kw in (("teacher", dict(teacher=meta(t))),
+                     ("teacher_mix", dict(teacher=t, teacher_mix=meta(t), boxes=boxes)),
+                     ("boxes", dict(teacher=t, teacher_mix=t, boxes=meta(boxes))),
+                     ("ignore", dict(teacher=t, ignore=meta(mask))),
+                     ("ignore_mix", dict(teacher=t, teacher_mix=t, boxes=boxes, ignore_mix=meta(mask)))):
+        with pytest.raises(ValueError, match=f"'{name}' is on meta but 'student' on cpu"):
+            face(s, (8, 10), **kw)
+
+
 @needs_ext
 def test_cpp_rejects_labels_out_of_range():
     s = torch.randn(1, 3, 2, 2)
@@ -460,13 +582,20 @@ def test_raw_cpp_ops_check_their_arguments():
 def test_triton_launcher_checks_its_arguments():
     from semivl_fast.kernels import pl_loss as K
 
-    s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    s, t = torch.randn(2, 3, 4, 5, device=dev), torch.randn(2, 3, 4, 5, device=dev)
+    lse, gscale = torch.zeros(2, 8, 10, device=dev), torch.ones(2, device=dev)
+    code = lambda dtype=torch.int32, device=dev: torch.zeros(2, 8, 10, dtype=dtype, device=device)
     with pytest.raises(ValueError, match="'student' must be contiguous"):
         K.forward(s.transpose(2, 3), [8, 10], None, t, None, None, None, None, 0.5, 1.0, True)
     with pytest.raises(TypeError, match="'target' must be one of"):
-        K.forward(s, [8, 10], torch.zeros(2, 8, 10, dtype=torch.int32), None, None, None, None, None, 0.5, 1.0, True)
+        K.forward(s, [8, 10], code(), None, None, None, None, None, 0.5, 1.0, True)
+    with pytest.raises(ValueError, match=f"'teacher' is on meta but 'student' on {s.device}"):
+        K.forward(s, [8, 10], None, t.to("meta"), None, None, None, None, 0.5, 1.0, True)
     with pytest.raises(TypeError, match="'code' must be one of"):
-        K.backward(s, torch.zeros(2, 8, 10), torch.zeros(2, 8, 10, dtype=torch.int64), torch.ones(2))
+        K.backward(s, lse, code(torch.int64), gscale)
+    with pytest.raises(ValueError, match=f"'code' is on meta but 'student' on {s.device}"):
+        K.backward(s, lse, code(device="meta"), gscale)
 
 
 # ------------------------------------------------------------------------------- dispatch, opcheck, compile

@@ -10,6 +10,7 @@ from tolerances import assert_close
 
 needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
 MARGIN = 2e-3
+FACES = [pseudo_label_filter_reference, pytest.param(pseudo_label_filter_cpp, marks=needs_ext), pseudo_label_filter]
 
 
 def _logits(b, n, h, w, dtype, scale=1.0):
@@ -60,8 +61,7 @@ def test_cpp_guidance_scale_and_uint8_ignore():
     assert torch.equal(out[1], ref[1]) and torch.equal(out[2], ref[2])
 
 
-@pytest.mark.parametrize("face", [pseudo_label_filter_reference, pytest.param(pseudo_label_filter_cpp, marks=needs_ext),
-                                  pseudo_label_filter])
+@pytest.mark.parametrize("face", FACES)
 def test_non_contiguous_input(face):
     base = _logits(2, 7, 10, 12, torch.float32)
     logits = base.permute(0, 1, 3, 2)  # (2, 7, 12, 10), not contiguous
@@ -71,8 +71,7 @@ def test_non_contiguous_input(face):
     assert torch.equal(out[1], ref[1]) and torch.equal(out[2], ref[2])
 
 
-@pytest.mark.parametrize("face", [pseudo_label_filter_reference, pytest.param(pseudo_label_filter_cpp, marks=needs_ext),
-                                  pseudo_label_filter])
+@pytest.mark.parametrize("face", FACES)
 def test_bad_arguments_name_the_argument(face):
     good = torch.randn(2, 3, 4, 5)
     with pytest.raises(ValueError, match="'logits' must be 4-D"):
@@ -83,6 +82,12 @@ def test_bad_arguments_name_the_argument(face):
         face(good, 0.5, ignore=torch.zeros(2, 5, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="'ignore' must be bool or uint8"):
         face(good, 0.5, ignore=torch.zeros(2, 4, 5))
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_wrong_device_names_the_argument(face):
+    with pytest.raises(ValueError, match="'ignore' is on meta but 'logits' on cpu"):
+        face(torch.randn(2, 3, 4, 5), 0.5, ignore=torch.zeros(2, 4, 5, dtype=torch.bool, device="meta"))
 
 
 @needs_ext

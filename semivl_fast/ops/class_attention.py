@@ -24,13 +24,14 @@ Faces (one custom op ``semivl_fast::class_attention`` with its own backward op, 
 
 Saved for backward: ``out`` and the row logsumexp (S, H, N) — never the (N, N) probabilities.
 
-GPU dispatch by shape (``class_attention``, ``auto`` backend): N ≤ 256 and next_pow2(N)·next_pow2(D) ≤ 256·64 →
-Triton: a whole problem is one tile, and flash-style kernels (SDPA flash / memory-efficient, xformers) tile queries
-and keys in 64–128-row blocks, so N = 21 fills a third of a tile and pays the online-softmax bookkeeping for one
-key block. Larger problems → ``xformers.ops.memory_efficient_attention`` if xformers is installed (it takes the
-(S, N, H, D) layout of the packed projection directly, so no head-split copy), else
-``torch.nn.functional.scaled_dot_product_attention`` on the (S, H, N, D) views (it picks flash / memory-efficient
-/ cuDNN itself); both are online-softmax kernels that handle any N. On CPU the C++ face runs for every shape.
+GPU dispatch by shape and dtype (``class_attention`` when Triton is the face; ``_path`` decides): N ≤ 256 and
+next_pow2(N)·next_pow2(D) ≤ 256·64 → Triton: a whole problem is one tile, and flash-style kernels (SDPA flash /
+memory-efficient, xformers) tile queries and keys in 64–128-row blocks, so N = 21 fills a third of a tile and pays
+the online-softmax bookkeeping for one key block. Larger problems → ``xformers.ops.memory_efficient_attention`` if
+xformers is installed (it takes the (S, N, H, D) layout of the packed projection directly, so no head-split copy),
+else ``torch.nn.functional.scaled_dot_product_attention`` on the (S, H, N, D) views (it picks flash /
+memory-efficient / cuDNN itself); both are online-softmax kernels that handle any N. dtypes Triton lacks (float64)
+run the reference, like the cost volume. On CPU the C++ face runs for every shape.
 
 Fusion of the neighbouring work, evaluated (the decoder layer is x + out_proj(attn(LN1(x))), then the FFN; the
 token is [pooled visual 128 | text 128] with the text half shared by the 64 positions of an image). On CPU the
@@ -50,9 +51,9 @@ against ~2·N·D per head for attention), so the op speeds the whole layer up by
   attention core is a batch of tiny problems; fusing them means a hand-written GEMM per (sequence) for a saving of
   one (S, N, 256) read/write each. The copies such a fusion would remove (head split, head merge and their
   backward) are already gone through the strided views above.
-* ``ClassAggregation`` keeps only the visual half of every layer's output (``[..., :c]``), so each fc2 could compute
-  128 of its 256 output channels (exact; 1/8 of the layer's Linear MACs); a layer-interface change, noted for the
-  lead.
+* ``ClassAggregation`` keeps only the visual half of every layer's output (``[..., :c]``), so each fc2 computes
+  only those 128 of its 256 output channels (exact; 1/8 of the layer's Linear MACs): done in ``models/decoder.py``
+  (``FeedForward(..., keep=c)``).
 """
 
 from __future__ import annotations
@@ -248,19 +249,26 @@ _class_attention_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------------ public entry
 
 
-def _fallback(qkv: Tensor, num_heads: int) -> bool:
-    """CUDA, Triton chosen, and a shape it does not take (one key tile per problem): N > 256, D > 128, or too big."""
-    if not qkv.is_cuda or _common.backend(OP, qkv.device, _FACES) != "triton":
-        return False
-    from semivl_fast.kernels.class_attention import supports
+def _path(device: torch.device, dtype: torch.dtype, n: int, d: int) -> str:
+    """Where ``class_attention`` runs N tokens of head dim D: 'reference', 'cpp', 'triton' (the custom op's faces),
+    or 'xformers' / 'sdpa' (library kernels). On CUDA, Triton takes only its dtypes (else the reference, exact) and
+    shapes that fit one key tile (else xformers if installed, else SDPA)."""
+    face = _common.backend(OP, device, _FACES)
+    if face != "triton" or device.type != "cuda":
+        return face
+    from semivl_fast.kernels.class_attention import _DTYPES, supports
 
-    return not supports(qkv.shape[1], qkv.shape[-1] // (3 * num_heads))
+    if dtype not in _DTYPES:
+        return "reference"
+    if supports(n, d):
+        return "triton"
+    return "xformers" if _HAS_XFORMERS else "sdpa"
 
 
-def _attention_library(qkv: Tensor, num_heads: int, scale: float) -> Tensor:
-    """xformers (if installed) or SDPA on views of the packed projection; autograd through the library kernel."""
+def _attention_library(qkv: Tensor, num_heads: int, scale: float, use_xformers: bool) -> Tensor:
+    """xformers or SDPA on views of the packed projection; autograd through the library kernel."""
     d = qkv.shape[-1] // (3 * num_heads)
-    if _HAS_XFORMERS:
+    if use_xformers:
         import xformers.ops as xops
 
         q, k, v = qkv.unflatten(-1, (3, num_heads, d)).unbind(2)  # (S, N, H, D) views: xformers' BMHK layout
@@ -280,10 +288,11 @@ def class_attention(qkv: Tensor, num_heads: int, scale: float | None = None) -> 
     sc = _scale(qkv, num_heads, scale)
     if not math.isfinite(sc):
         raise ValueError(f"{OP}: argument 'scale' must be finite, got {scale!r}")
-    if _common.backend(OP, qkv.device, _FACES) == "reference":  # plain PyTorch: torch.compile sees inside
+    path = _path(qkv.device, qkv.dtype, qkv.shape[1], qkv.shape[-1] // (3 * num_heads))
+    if path == "reference":  # plain PyTorch: torch.compile sees inside
         return class_attention_reference(qkv, num_heads, sc)
     qkv = _unit_last(qkv)
-    if _fallback(qkv, num_heads):
-        return _attention_library(qkv, num_heads, sc)
+    if path in ("xformers", "sdpa"):
+        return _attention_library(qkv, num_heads, sc, path == "xformers")
     out, _ = _class_attention_op(qkv, num_heads, sc)
     return out

@@ -22,6 +22,10 @@ Modes (per-pixel weight w, valid = not padding / not ignore label):
   confidence  w = valid * mean confidence of the image's valid pixels   (Cityscapes "pixelavg")
   none        w = valid                                          (supervised, or unfiltered pseudo-labels)
 Reductions: ``valid`` divides the weighted sum by the number of valid pixels, ``all`` by B * H * W.
+
+A deliberate change in the confidence mode: padded pixels are excluded (weight 0), while the reference's pixelavg
+loss leaves them in the numerator (only its mean confidence and its #valid denominator skip them), i.e. it trains
+on the pseudo-labels of the black crop padding.
 """
 
 from __future__ import annotations
