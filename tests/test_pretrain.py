@@ -2,6 +2,8 @@
 predict CLIs), exact resume, caption readers (TSV/CSV, folder, WebDataset shards) and the cached SemiVL prior."""
 
 import io
+import json
+import math
 import tarfile
 from pathlib import Path
 
@@ -154,6 +156,72 @@ def test_caption_sources(tmp_path):
         read_caption_table(tmp_path / "bad.tsv")
 
 
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_caption_folder_table_tar_folder_and_json_members(tmp_path):
+    from semivl_fast.vilseg.config import CaptionDataConfig
+
+    # a folder holding captions.tsv: the table wins over same-stem .txt files; paths relative to the folder
+    table = tmp_path / "table"
+    (table / "img").mkdir(parents=True)
+    for name, color in (("a", (200, 10, 30)), ("b", (5, 120, 250))):
+        (table / "img" / f"{name}.png").write_bytes(_png(color))
+    (table / "img" / "a.txt").write_text("ignored: the table is used\n")
+    (table / "captions.tsv").write_text("filepath\ttitle\nimg/b.png\tblue sky\nimg/a.png\tred car\n")
+    items = load_caption_items(CaptionDataConfig(source=str(table)))
+    assert [(Path(i.image).name, i.caption) for i in items] == [("b.png", "blue sky"), ("a.png", "red car")]
+    assert Path(items[0].image) == table / "img" / "b.png"
+    assert load_image(items[1].image).getpixel((5, 5)) == (200, 10, 30)
+    # ... or captions.csv
+    csv_folder = tmp_path / "csv"
+    csv_folder.mkdir()
+    (csv_folder / "x.png").write_bytes(_png((1, 2, 3)))
+    (csv_folder / "captions.csv").write_text('x.png,"a dark, small square"\n')
+    assert [i.caption for i in load_caption_items(CaptionDataConfig(source=str(csv_folder)))] == [
+        "a dark, small square"]
+    # a folder of .tar shards (read in name order), captions from .json members ("caption", else "text"); samples
+    # without an image, without a caption, or with an empty json caption are skipped; keys may sit in sub-folders
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "b.tar", "w") as tar:
+        _add(tar, "part/k0.png", _png((0, 128, 0)))
+        _add(tar, "part/k0.json", json.dumps({"caption": "a green square", "url": "http://x"}).encode())
+        _add(tar, "part/k1.png", _png((9, 9, 9)))
+        _add(tar, "part/k1.json", json.dumps({"caption": "", "width": 20}).encode())  # empty: skipped
+        _add(tar, "other/k0.png", _png((250, 250, 0)))  # same key name, other folder: another sample
+        _add(tar, "other/k0.json", json.dumps({"text": "a yellow square"}).encode())
+        _add(tar, "lonely.txt", b"a caption without an image")
+        _add(tar, "blind.png", _png((1, 1, 1)))  # an image without a caption
+    with tarfile.open(shards / "a.tar", "w") as tar:
+        jpeg = io.BytesIO()
+        Image.new("RGB", (20, 16), (40, 50, 60)).save(jpeg, format="JPEG", quality=95)
+        _add(tar, "z.jpg", jpeg.getvalue())
+        _add(tar, "z.txt", "  a grey café square \n".encode())  # UTF-8, stripped
+    (shards / "notes.md").write_text("not a shard")
+    items = load_caption_items(CaptionDataConfig(source=str(shards)))
+    assert [(Path(i.image.shard).name, i.caption) for i in items] == [
+        ("a.tar", "a grey café square"), ("b.tar", "a green square"), ("b.tar", "a yellow square")]
+    grey, green, yellow = (load_image(i.image).getpixel((7, 3)) for i in items)
+    assert max(abs(a - b) for a, b in zip(grey, (40, 50, 60))) <= 3  # JPEG: lossy
+    assert (green, yellow) == ((0, 128, 0), (250, 250, 0))
+    assert expand_shards(str(shards)) == [str(shards / "a.tar"), str(shards / "b.tar")]
+    # a compressed tar cannot be read by offset: one clear error
+    with tarfile.open(tmp_path / "gz.tar", "w:gz") as tar:
+        _add(tar, "k.png", _png((0, 0, 0)))
+        _add(tar, "k.txt", b"black")
+    with pytest.raises(ValueError, match="uncompressed"):
+        load_caption_items(CaptionDataConfig(source=str(tmp_path / "gz.tar")))
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as tar:
+        _add(tar, "k.png", _png((0, 0, 0)))
+    with pytest.raises(ValueError, match="no \\(image, caption\\) samples"):
+        load_caption_items(CaptionDataConfig(source=str(empty)))
+
+
 def test_phrase_vocabulary_merges_word_orders_and_frames():
     assert split_phrases("a picture of sand with a red brick, a gold coin and a yellow star") == [
         "a picture of sand", "a red brick", "a gold coin", "a yellow star"]
@@ -218,8 +286,25 @@ def test_two_process_ddp_pretraining(world_root, tmp_path):
     args = [*TINY, f"data.root={world_root}", f"train.out_dir={tmp_path / 'ddp'}", "train.iters=2",
             "data.batch_size=2", "eval.dataset="]
     losses = run_ddp("semivl_fast.pretrain", args)
-    assert all(len(losses[r]) == 2 for r in (0, 1))
+    assert sorted(losses) == [0, 1]
+    assert len(losses[0]) == len(losses[1]) == 2
+    assert all(math.isfinite(v) for r in (0, 1) for v in losses[r])
+    # each rank contrasts its own shard of the data: different images, different losses
+    assert losses[0][0] != losses[1][0]
     assert (tmp_path / "ddp" / "clip.safetensors").is_file() and (tmp_path / "ddp" / "last.pt").is_file()
+    # rank 0's checkpoint loads: the resumable state at step 2, and the exported ViL-Seg and CLIP weights
+    from semivl_fast.models.clip import create_clip
+    from semivl_fast.vilseg import load_vilseg
+    from semivl_fast.vilseg.checkpoint import load_state
+
+    state = load_state(tmp_path / "ddp" / "last.pt")
+    assert state["step"] == 2
+    model, cfg = load_vilseg(tmp_path / "ddp")
+    assert cfg.train.iters == 2 and cfg.data.batch_size == 2 and model.head.num_clusters == 4
+    for k, v in model.state_dict().items():  # the plain module's keys (no DDP "module." prefix), trained weights
+        torch.testing.assert_close(v, state["model"][k])
+    clip = create_clip("semivl-tiny", str(tmp_path / "ddp" / "clip.safetensors"))
+    torch.testing.assert_close(clip.logit_scale, model.clip.logit_scale)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from semivl_fast.text import TextEmbeddings
 from semivl_fast.vilseg.config import ViLSegModelConfig
 from semivl_fast.vilseg.model import ClusterHead, ViLSeg
 from semivl_fast.vilseg.zeroshot import (
+    MaskClipZeroShot,
     ViLSegZeroShot,
     apply_background,
     classify_rows,
@@ -176,3 +177,81 @@ def test_segmenters_on_a_real_tiny_model(tiny_clip_file):
         torch.testing.assert_close(seg(images[:, :, :48, :56])[:, :, ::8, ::8].shape, per_class.shape)
         low = seg.backbone(images[:, :, :48, :56]).dense
     torch.testing.assert_close(low, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_maskclip_scores_are_patch_text_cosines(tiny_clip_file, monkeypatch):
+    """MaskCLIP's scores on the patch grid are the concept-max cosines of the value-path patch embeddings (here from
+    ViLSeg's own implementation of that path) with the text rows; the image-size output is their bilinear upsampling
+    to the padded grid, cropped; below the threshold a patch becomes one-hot background."""
+    from semivl_fast.vilseg import zeroshot
+
+    model = _tiny_vilseg(tiny_clip_file).eval()
+    rows = F.normalize(torch.randn(5, 64), dim=-1)
+    text = TextEmbeddings(rows, torch.tensor([0, 0, 1, 2, 2]), 3, "max", tuple("abcde"), classes=("x", "y", "z"))
+    images = torch.randn(2, 3, 52, 60)  # padded to 56 x 64: a 7 x 8 patch grid
+    with torch.no_grad():
+        dense = model.encode_image(images, need_global=False).dense
+        unit = dense / dense.norm(dim=1, keepdim=True)
+        cos = torch.einsum("bdhw,rd->brhw", unit, rows)
+    expected = torch.stack([cos[:, :2].amax(1), cos[:, 2], cos[:, 3:].amax(1)], dim=1)  # (2, 3, 7, 8)
+    assert expected.shape == (2, 3, 7, 8)
+    seg = maskclip_from_clip(model.clip, text)
+    full = seg(images)
+    upsampled = F.interpolate(expected, size=(56, 64), mode="bilinear", align_corners=False)[..., :52, :60]
+    torch.testing.assert_close(full, upsampled, atol=1e-5, rtol=1e-5)
+    # the grid itself, with the upsampling replaced by the identity
+    monkeypatch.setattr(zeroshot, "upsample_scores", lambda scores, patch, size: scores)
+    torch.testing.assert_close(seg(images), expected, atol=1e-5, rtol=1e-5)
+    thresh = float(expected.amax(1).median())
+    low = expected.amax(1) < thresh  # (2, 7, 8)
+    assert 0 < int(low.sum()) < low.numel()
+    bg = maskclip_from_clip(model.clip, text, bg_thresh=thresh, background="y")(images)
+    torch.testing.assert_close(bg[:, 1][low], torch.ones(int(low.sum())))
+    assert (bg[:, 0][low] == -1).all() and (bg[:, 2][low] == -1).all()
+    torch.testing.assert_close(bg.permute(0, 2, 3, 1)[~low], expected.permute(0, 2, 3, 1)[~low], atol=1e-5,
+                               rtol=1e-5)
+
+
+class _HandBackbone(nn.Module):
+    """A stand-in ClipBackbone returning hand-set unit patch embeddings at patch size 1 (so the upsampling to a
+    same-size image is the identity)."""
+
+    def __init__(self, dense: torch.Tensor) -> None:
+        super().__init__()
+        self.dense, self.patch_size = F.normalize(dense, dim=1), 1
+
+    def set_finetune(self, mode):
+        pass
+
+    def forward(self, images):
+        from semivl_fast.models.backbone import BackboneOutput
+
+        return BackboneOutput(dense=self.dense, guidance=[])
+
+
+def test_maskclip_known_answer_constructed_by_hand():
+    """The constructed case of the ViL-Seg test, per patch: MaskCLIP labels every patch by its own nearest class
+    text, so the two misleading patches take the wrong class (ViL-Seg's clustering fixes them), and with a threshold
+    between their best cosine (0.6 / |(0.3, 0.6, 1)| = 0.50) and the others' (1 / sqrt 2 = 0.71) only they go to
+    background. A class with a second concept (grass: e1 or e3) claims a patch through that concept alone."""
+    dense, _, text = _constructed_case()
+    images = torch.zeros(1, 3, 4, 4)
+    labels = MaskClipZeroShot(_HandBackbone(dense), text)(images).argmax(1)[0]
+    expected = torch.tensor([[2, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 1]])
+    assert torch.equal(labels, expected)
+    labels = MaskClipZeroShot(_HandBackbone(dense), text, bg_thresh=0.6)(images).argmax(1)[0]
+    expected[0, 0] = expected[3, 3] = 0
+    assert torch.equal(labels, expected)
+    assert (MaskClipZeroShot(_HandBackbone(dense), text, bg_thresh=0.75)(images).argmax(1) == 0).all()
+    # concept max: patch (1, 2) = e3 + 0.5 e0 is "cat" (0.5 / 1.12) for the single grass row e1 and "grass"
+    # (1 / 1.12) once grass also has the row e3
+    e = torch.eye(4)
+    dense[0, :, 1, 2] = e[3] + 0.5 * e[0]
+    single = MaskClipZeroShot(_HandBackbone(dense), text)(images).argmax(1)[0]
+    assert single[1, 2] == 1
+    rows = torch.cat([text.embeddings, e[3:]])
+    two = TextEmbeddings(rows, torch.tensor([0, 1, 2, 2]), 3, "max", ("background", "cat", "grass", "grass 2"),
+                         classes=("background", "cat", "grass"))
+    scores = MaskClipZeroShot(_HandBackbone(dense), two)(images)
+    assert scores.argmax(1)[0, 1, 2] == 2
+    assert scores[0, 2, 1, 2].item() == pytest.approx(1 / 1.25 ** 0.5, abs=1e-6)
