@@ -42,6 +42,8 @@ try:
 except ImportError:
     _TRITON = False
 needs_triton = pytest.mark.skipif(not _TRITON, reason="needs triton (GPU or TRITON_INTERPRET=1)")
+needs_cuda_ext = pytest.mark.skipif(not (torch.cuda.is_available() and semivl_fast.has_cuda_ext()),
+                                    reason="needs a GPU and the CUDA C++ kernels")
 MARGIN = 2e-3
 MODES = ("threshold", "confidence", "none")
 REDUCTIONS = ("valid", "all")
@@ -188,6 +190,21 @@ def test_cpp_pseudo_labels_match_reference(shape, mode, reduction, cpp_path):
     ref = _reference64(kw, size, mode=mode, reduction=reduction)
     out = _run(pseudo_label_loss_cpp, kw, size, mode=mode, reduction=reduction)
     _assert_matches(out, ref, "cpp", torch.float32, f"{shape}/{mode}/{reduction}/{cpp_path}")
+
+
+@needs_cuda_ext
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("supervised", [False, True], ids=["pseudo", "supervised"])
+def test_cuda_cpp_matches_reference(shape, mode, supervised):
+    """The CUDA C++ kernels (the C++ op on CUDA tensors) against the float64 reference on the CPU."""
+    b, n, low, size, t_low, m_low = SHAPES[shape]
+    kw = _make(b, n, low, size, teacher_low=t_low, mix_low=m_low, supervised=supervised, seed=sum(map(ord, shape)))
+    ref = _reference64(kw, size, mode=mode, reduction="valid")
+    on_gpu = {k: v.detach().cuda() if torch.is_tensor(v) else v for k, v in kw.items()}
+    on_gpu["student"].requires_grad_()
+    out = tuple(t.cpu() for t in _run(pseudo_label_loss_cpp, on_gpu, size, mode=mode, reduction="valid"))
+    _assert_matches(out, ref, "cuda", torch.float32, f"{shape}/{mode}/cuda")
 
 
 @needs_ext

@@ -9,6 +9,8 @@ from semivl_fast.ops import pseudo_label_filter, pseudo_label_filter_cpp, pseudo
 from tolerances import assert_close
 
 needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and semivl_fast.has_cuda_ext()), reason="needs a GPU and the CUDA C++ kernels"))]
 MARGIN = 2e-3
 FACES = [pseudo_label_filter_reference, pytest.param(pseudo_label_filter_cpp, marks=needs_ext), pseudo_label_filter]
 
@@ -32,17 +34,20 @@ def _threshold_away_from(conf):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1, 5, 7), (2, 19, 13, 11), (2, 21, 16, 16), (1, 150, 9, 23), (3, 2, 1, 1)])
-def test_cpp_matches_reference(shape, dtype):
+def test_cpp_matches_reference(shape, dtype, device):
+    """The C++ kernel on CPU tensors, the CUDA C++ kernel on CUDA tensors (same per-pixel math), vs the reference."""
     b, n, h, w = shape
     logits = _logits(b, n, h, w, dtype)
     ignore = torch.rand(b, h, w) < 0.2
     conf_ref, _, _ = pseudo_label_filter_reference(logits.double(), 0.5)
     tau = 0.5 if n == 1 else _threshold_away_from(conf_ref)
     ref = pseudo_label_filter_reference(logits, tau, ignore=ignore)
-    out = pseudo_label_filter_cpp(logits, tau, ignore=ignore)
-    assert_close(out[0], ref[0], "cpp", torch.float64 if dtype == torch.float64 else torch.float32, "confidence")
+    out = tuple(t.cpu() for t in pseudo_label_filter_cpp(logits.to(device), tau, ignore=ignore.to(device)))
+    backend = "cpp" if device == "cpu" else "cuda"
+    assert_close(out[0], ref[0], backend, torch.float64 if dtype == torch.float64 else torch.float32, "confidence")
     assert out[0].dtype == ref[0].dtype
     assert torch.equal(out[1], ref[1]), "labels differ"
     assert torch.equal(out[2].view(torch.uint8), ref[2].view(torch.uint8)), "keep masks differ"

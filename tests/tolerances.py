@@ -20,6 +20,7 @@ TOL: dict[tuple[str, torch.dtype], tuple[float, float]] = {
     ("triton", torch.float32): (1e-5, 1.3e-6) if not torch.cuda.is_available() else (1e-3, 1e-3),  # TF32 on GPU
     ("triton", torch.float16): (1e-3, 1e-3) if not torch.cuda.is_available() else (1e-2, 1e-3),
     ("triton", torch.bfloat16): (5e-2, 1.6e-2),
+    ("cuda", torch.float64): (1e-10, 1e-10),
     ("cuda", torch.float32): (1e-5, 1.3e-6),
     ("cuda", torch.float16): (1e-2, 1e-3),
     ("cuda", torch.bfloat16): (5e-2, 1.6e-2),
