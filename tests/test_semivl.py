@@ -47,6 +47,19 @@ def test_feature_perturbation_branch(tiny_model):
     assert not torch.allclose(clean, perturbed)
 
 
+def test_feature_perturbation_drops_channels_of_every_encoder_output(tiny_model, monkeypatch):
+    """dropout2d(0.5) on the dense embedding and on every skip map (UniMatch's FP), clean copies kept alongside."""
+    import semivl_fast.models.semivl as semivl_module
+
+    dense, skips = tiny_model.encode(torch.randn(2, 3, 64, 64))
+    seen = []
+    real = semivl_module.F.dropout2d
+    monkeypatch.setattr(semivl_module.F, "dropout2d",
+                        lambda t, p, training: seen.append((tuple(t.shape), p, training)) or real(t, p, training))
+    tiny_model.train()(torch.randn(2, 3, 64, 64), need_fp=True)
+    assert seen == [(tuple(t.shape), 0.5, True) for t in (dense, *skips)]
+
+
 def test_concept_max_decoder_and_set_text(tiny_clip_file, tmp_path):
     from semivl_fast.text import build_text_embeddings
 
