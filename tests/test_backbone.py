@@ -75,24 +75,17 @@ def test_finetune_modes_and_gradients_reach_only_trainable(tiny_clip_file):
         bb.set_finetune("lora")
 
 
-def test_vit_b16_spatial_finetuning_counts():
-    """ViT-B/16 at 512 crop: 29.14 M trainable (attention + position embedding) of 86.83 M."""
-    bb = ClipBackbone(create_clip("ViT-B-16").visual, image_size=512, finetune="attn")
-    total = sum(p.numel() for p in bb.parameters())
-    trainable = sum(p.numel() for p in bb.parameters() if p.requires_grad)
-    assert (total, trainable) == (86_828_544, 29_135_616)
-    assert bb.visual.positional_embedding.shape == (1025, 768)
-
-
-def test_vit_b16_cityscapes_crop_stores_a_50x50_table_resized_to_51x51():
-    """801 crops: the stored table is 50x50 (87.96 M, 30.27 M trainable), resized per forward to the 51x51 grid."""
-    bb = ClipBackbone(create_clip("ViT-B-16").visual, image_size=801, finetune="attn")
-    total = sum(p.numel() for p in bb.parameters())
-    trainable = sum(p.numel() for p in bb.parameters() if p.requires_grad)
-    assert (total, trainable) == (87_962_112, 30_269_184)
-    assert bb.visual.positional_embedding.shape == (2501, 768)
-    tokens, grid = bb._tokens(torch.randn(1, 3, 801, 801))
-    assert grid == (51, 51) and tokens.shape == (1, 2602, 768)
+@pytest.mark.parametrize("crop, total, trainable, rows, grid", [
+    (512, 86_828_544, 29_135_616, 1025, 32),  # 29.14 M trainable (attention + position embedding) of 86.83 M
+    (801, 87_962_112, 30_269_184, 2501, 51),  # Cityscapes: a 50x50 table, resized per forward to the 51x51 grid
+])
+def test_vit_b16_spatial_finetuning_counts(crop, total, trainable, rows, grid):
+    bb = ClipBackbone(create_clip("ViT-B-16").visual, image_size=crop, finetune="attn")
+    assert sum(p.numel() for p in bb.parameters()) == total
+    assert sum(p.numel() for p in bb.parameters() if p.requires_grad) == trainable
+    assert bb.visual.positional_embedding.shape == (rows, 768)
+    tokens, token_grid = bb._tokens(torch.randn(1, 3, crop, crop))
+    assert token_grid == (grid, grid) and tokens.shape == (1, grid * grid + 1, 768)
 
 
 def test_reference_port_switches_gelu_and_eps(tiny_clip_file):
