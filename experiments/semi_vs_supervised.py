@@ -49,15 +49,16 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in ("supervised", "semivl"):
             scores = [run(mode, k, s, iters, args.overrides, Path(args.out)) for s in args.seeds]
             results.setdefault(str(k), {})[mode] = scores
-    def cell(scores: list[float]) -> str:  # mean, ± sample sd over the seeds when there are several
-        return f"{statistics.mean(scores):.1f}" + (f" ± {statistics.stdev(scores):.1f}" if len(scores) > 1 else "")
+    def cell(scores: list[float], sign: str = "") -> str:  # mean, ± sample sd over the seeds when there are several
+        spread = f" ± {statistics.stdev(scores):.1f}" if len(scores) > 1 else ""
+        return f"{statistics.mean(scores):{sign}.1f}{spread}"
 
     lines = ["| labeled images | supervised only | SemiVL | gain | SemiVL ahead (seeds) |",
              "|---:|---:|---:|---:|---:|"]
     for k, r in results.items():
         gains = [b - a for a, b in zip(r["supervised"], r["semivl"])]
         ahead = sum(g > 0 for g in gains)
-        lines.append(f"| {k} | {cell(r['supervised'])} | {cell(r['semivl'])} | {cell(gains)} | "
+        lines.append(f"| {k} | {cell(r['supervised'])} | {cell(r['semivl'])} | {cell(gains, '+')} | "
                      f"{ahead}/{len(gains)} |")
     table = "\n".join(lines)
     print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations, seeds {args.seeds}:\n{table}")
