@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from semivl_fast.config import Config, EvalConfig
 from semivl_fast.engine.dist import all_reduce_sum, is_main
-from semivl_fast.engine.logger import LOG
+from semivl_fast.engine.logger import LOG, setup_logging
 from semivl_fast.inference import predict_logits, resize_to
 from semivl_fast.metrics import format_iou_table, intersection_union, miou
 
@@ -92,16 +91,6 @@ def evaluate(model: Callable[[Tensor], Tensor], samples: Iterable, num_classes: 
     return {"miou": m, "iou": iou.tolist(), "images": int(all_reduce_sum(torch.tensor(count, device=device)))}
 
 
-def _cli_logging() -> None:
-    """The CLI's log: progress lines to stderr (stdout carries the table or the JSON), rank 0 only."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    LOG.handlers.clear()
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO if is_main() else logging.WARNING)
-    LOG.propagate = False
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from semivl_fast.checkpoint import load_trained_model
     from semivl_fast.config import deep_update, from_dict, parse_overrides, to_dict
@@ -117,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_zero_shot_args(parser)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/voc")
     args = parser.parse_args(argv)
-    if args.progress:
-        _cli_logging()
+    if args.progress:  # progress lines to stderr: stdout carries the table or the JSON
+        setup_logging(stream=sys.stderr)
     if args.zero_shot:
         return zero_shot_main(args)
     if not args.checkpoint:

@@ -15,13 +15,13 @@ from semivl_fast.engine.dist import is_main
 LOG = logging.getLogger("semivl_fast")
 
 
-def setup_logging(out_dir: str | Path | None = None) -> None:
-    """Log lines to stdout (rank 0) and to ``out_dir/train.log``."""
+def setup_logging(out_dir: str | Path | None = None, stream: Any = None) -> None:
+    """Log lines to ``stream`` (default stdout; rank 0) and to ``out_dir/train.log``."""
     LOG.setLevel(logging.INFO if is_main() else logging.WARNING)
     LOG.handlers.clear()
     LOG.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    stream = logging.StreamHandler(stream or sys.stdout)
     stream.setFormatter(fmt)
     LOG.addHandler(stream)
     if out_dir is not None and is_main():
