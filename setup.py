@@ -95,7 +95,10 @@ def _extensions():
         raise SystemExit(f"semivl_fast: SEMIVL_FAST_CUDA=1 but {why}; unset it or install a CUDA torch and toolkit")
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers (torch's CPU backend is OpenMP), so
+    # without it every CPU kernel runs on one thread. The link pulls libgomp.so.1, the soname torch has loaded.
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if build_cuda:
@@ -105,11 +108,13 @@ def _extensions():
                 "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-DWITH_CUDA"]
         ext = CUDAExtension("semivl_fast._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                             include_dirs=include_dirs,
-                            extra_compile_args={"cxx": [*cxx, "-DWITH_CUDA"], "nvcc": nvcc})
+                            extra_compile_args={"cxx": [*cxx, "-DWITH_CUDA"], "nvcc": nvcc},
+                            extra_link_args=link)
         print(f"semivl_fast: building CPU + CUDA kernels (CUDA_HOME={cuda_home}, "
               f"archs={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
     else:
-        ext = CppExtension("semivl_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("semivl_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
         print("semivl_fast: building CPU kernels only", file=sys.stderr)
     _write_build_config(torch.__version__, cuda_home if build_cuda else None,
                         os.environ.get("TORCH_CUDA_ARCH_LIST", "") if build_cuda else "")

@@ -55,6 +55,8 @@ def build_info() -> dict[str, Any]:
         "cuda_archs": getattr(cfg, "CUDA_ARCHS", "") or None,
         "built_with_torch": getattr(cfg, "TORCH_VERSION", None),
         "compiler": _C.compiler() if has_ext() else None,
+        # threads the CPU kernels' at::parallel_for runs on now (1 if built without OpenMP: a broken build)
+        "cpu_kernel_threads": int(_C.parallel_for_threads()) if has_ext() else None,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "gpu_available": torch.cuda.is_available(),

@@ -23,6 +23,19 @@ def test_extension_present_when_required():
     assert hasattr(torch.ops.semivl_fast_C, "pseudo_label_filter_")
 
 
+@pytest.mark.skipif(not semivl_fast.has_ext(), reason="extension not built")
+def test_cpu_kernels_run_on_every_thread():
+    """at::parallel_for is an inline OpenMP region: an extension built without -fopenmp runs it on one thread."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert semivl_fast.build_info()["cpu_kernel_threads"] == 2, "extension built without OpenMP: rebuild"
+        torch.set_num_threads(1)
+        assert semivl_fast.build_info()["cpu_kernel_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(os.environ.get("SEMIVL_FAST_CUDA") != "1", reason="CUDA build not forced here")
 def test_cuda_kernels_compiled_when_forced():
     info = semivl_fast.build_info()

@@ -45,7 +45,8 @@ def log_environment(device: torch.device) -> None:
         sha = "unknown"
     info = semivl_fast.build_info()
     LOG.info(f"semivl_fast {semivl_fast.__version__} ({sha}); torch {info['torch']} (CUDA {info['torch_cuda']}), "
-             f"triton {info['triton']}; kernels: C++ {info['cpu_kernels']}, CUDA {info['cuda_kernels']}"
+             f"triton {info['triton']}; kernels: C++ {info['cpu_kernels']} "
+             f"({info['cpu_kernel_threads']} threads), CUDA {info['cuda_kernels']}"
              + (f" (sm {info['cuda_archs']})" if info["cuda_archs"] else ""))
     LOG.info("ops on " + str(device) + ": " + ", ".join(f"{op} -> {face}"
                                                          for op, face in active_backends(device).items()))
