@@ -128,7 +128,7 @@ struct ProblemKernels {
   void (*fwd)(int64_t, int64_t, int64_t, int64_t, T, Rows<const T>, Rows<const T>, Rows<const T>, T*, T*, T*, T*,
               Rows<T>, T*);
   void (*bwd)(int64_t, int64_t, int64_t, int64_t, T, Rows<const T>, Rows<const T>, Rows<const T>, Rows<const T>,
-              const T*, const T*, T*, T*, T*, T*, Rows<T>, Rows<T>, Rows<T>);
+              Rows<const T>, const T*, T*, T*, T*, T*, T*, Rows<T>, Rows<T>, Rows<T>);
 };
 
 template <typename T>
@@ -274,26 +274,21 @@ void backward_cpu_kernel(const at::Tensor& grad_out, const at::Tensor& q, const 
       gkv(grad_k.mutable_data_ptr<scalar_t>(), grad_k), gvv(grad_v.mutable_data_ptr<scalar_t>(), grad_v);
   const acc_t* lse_p = lse.const_data_ptr<acc_t>();
   const int64_t elems = Scratch<acc_t>::size_of(
-      {N * Dp, N * Dp, N * Dp, N * Dp, N, Dp * Np, Dp * Np, N * Np, N * Np, N * Dp, N * Dp, N * Dp});
+      {N * Dp, N * Dp, N * Dp, N * Dp, N * Dp, N, Dp * Np, Dp * Np, N * Np, N * Np, N * Dp, N * Dp, N * Dp});
 
   at::parallel_for(0, S * H, 1, [&](int64_t begin, int64_t end) {
     Scratch<acc_t> buf(elems);
-    acc_t *bq = buf.take(N * Dp), *bk = buf.take(N * Dp), *bv = buf.take(N * Dp), *bdo = buf.take(N * Dp),
-          *delta = buf.take(N), *kt = buf.take(Dp * Np), *vt = buf.take(Dp * Np), *p = buf.take(N * Np),
-          *ds = buf.take(N * Np), *dq = buf.take(N * Dp), *dk = buf.take(N * Dp), *dv = buf.take(N * Dp);
+    acc_t *bq = buf.take(N * Dp), *bk = buf.take(N * Dp), *bv = buf.take(N * Dp), *bo = buf.take(N * Dp),
+          *bdo = buf.take(N * Dp), *delta = buf.take(N), *kt = buf.take(Dp * Np), *vt = buf.take(Dp * Np),
+          *p = buf.take(N * Np), *ds = buf.take(N * Np), *dq = buf.take(N * Dp), *dk = buf.take(N * Dp),
+          *dv = buf.take(N * Dp);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t s = idx / H, h = idx % H;
-      const auto dout = input_rows(gov.at(s, h), gov.s2, N, D, Dp, bdo);
-      const scalar_t* o = ov.at(s, h);
-      for (int64_t n = 0; n < N; ++n) {  // delta = rowsum(dO * O)
-        acc_t acc = 0;
-        for (int64_t c = 0; c < D; ++c) acc += dout.p[n * dout.ld + c] * static_cast<acc_t>(o[n * ov.s2 + c]);
-        delta[n] = acc;
-      }
       const auto gq = output_rows(gqv.at(s, h), gqv.s2, D, Dp, dq), gk = output_rows(gkv.at(s, h), gkv.s2, D, Dp, dk),
                  gv = output_rows(gvv.at(s, h), gvv.s2, D, Dp, dv);
       kern.bwd(N, D, Dp, Np, static_cast<acc_t>(scale), input_rows(qv.at(s, h), qv.s2, N, D, Dp, bq),
-               input_rows(kv.at(s, h), kv.s2, N, D, Dp, bk), input_rows(vv.at(s, h), vv.s2, N, D, Dp, bv), dout,
+               input_rows(kv.at(s, h), kv.s2, N, D, Dp, bk), input_rows(vv.at(s, h), vv.s2, N, D, Dp, bv),
+               input_rows(ov.at(s, h), ov.s2, N, D, Dp, bo), input_rows(gov.at(s, h), gov.s2, N, D, Dp, bdo),
                lse_p + idx * N, delta, kt, vt, p, ds, gq, gk, gv);
       finish_output(gq, gqv.at(s, h), gqv.s2, N, D, Dp);
       finish_output(gk, gkv.at(s, h), gkv.s2, N, D, Dp);

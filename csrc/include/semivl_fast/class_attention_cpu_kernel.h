@@ -84,13 +84,14 @@ inline T exp_shift_row(T* row, int64_t n, int64_t np, T shift) {
   T sum = 0;
   if constexpr (std::is_same_v<T, float>) {
     using V = typename Simd<T>::V;
+    using I = typename Simd<T>::I;
+    I lane;
+    for (int l = 0; l < W; ++l) lane[l] = l;
     V acc{};
     const V s = vsplat(shift);
     for (int64_t j = 0; j < np; j += W) {
       V e = vexp(vload(row + j) - s);
-      if (j + W > n) {  // last vector: zero the padding lanes
-        for (int64_t l = std::max<int64_t>(n - j, 0); l < W; ++l) e[l] = 0.0f;
-      }
+      e = lane < static_cast<int32_t>(n - j) ? e : V{};  // zero the padding lanes (a mask, not a spill)
       vstore(row + j, e);
       acc += e;
     }
@@ -270,12 +271,27 @@ void forward_problem(int64_t N, int64_t D, int64_t Dp, int64_t Np, T scale, Rows
   }
 }
 
-// One backward problem. In: q, k, v, dout, lse, delta (N). Scratch: kt, vt (Dp x Np), p, ds (N x Np).
+// delta[i] = sum_c a[i, c] * b[i, c] over Dp columns (zero beyond D), i < N.
+template <typename T>
+inline void row_dots(int64_t N, int64_t Dp, Rows<const T> a, Rows<const T> b, T* delta) {
+  using V = typename Simd<T>::V;
+  constexpr int64_t W = kLanes<T>;
+  for (int64_t i = 0; i < N; ++i) {
+    V acc{};
+    for (int64_t c = 0; c < Dp; c += W) acc += vload(a.p + i * a.ld + c) * vload(b.p + i * b.ld + c);
+    T sum = 0;
+    for (int64_t l = 0; l < W; ++l) sum += acc[l];
+    delta[i] = sum;
+  }
+}
+
+// One backward problem. In: q, k, v, out, dout, lse (N). Scratch: kt, vt (Dp x Np), p, ds (N x Np), delta (N).
 // Out: dq, dk, dv.
 template <typename T>
 void backward_problem(int64_t N, int64_t D, int64_t Dp, int64_t Np, T scale, Rows<const T> q, Rows<const T> k,
-                      Rows<const T> v, Rows<const T> dout, const T* lse, const T* delta, T* kt, T* vt, T* p, T* ds,
-                      Rows<T> dq, Rows<T> dk, Rows<T> dv) {
+                      Rows<const T> v, Rows<const T> out, Rows<const T> dout, const T* lse, T* delta, T* kt, T* vt,
+                      T* p, T* ds, Rows<T> dq, Rows<T> dk, Rows<T> dv) {
+  row_dots(N, Dp, dout, out, delta);  // delta = rowsum(dO * O)
   transpose_pad(k, N, Dp, Np, kt);
   transpose_pad(v, N, Dp, Np, vt);
   small_gemm<T>(N, Np, D, q.p, q.ld, 1, kt, Np, p, Np, scale, false);  // S = scale Q K^T
