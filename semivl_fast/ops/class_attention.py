@@ -16,8 +16,8 @@ Faces (one custom op ``semivl_fast::class_attention`` with its own backward op, 
   time; ``SEMIVL_FAST_CPU_ISA`` caps it), vectorised exp and K/V transposes, P recomputed in the backward from the
   saved row logsumexp. Operands are read and written in place (fp32/fp64, D a multiple of the vector width), else
   packed to scratch. float64/32/16 and bfloat16 (16-bit types accumulate in float32); any N and D. Measured on the
-  2-core dev box (fp32, H = 4, D = 64, S = 128…256, N = 21/81/150, fwd+bwd, interleaved medians): 1.9–2.6× the
-  SDPA path on (S, H, N, D) tensors, 2.0–2.6× the decoder's former SDPA path on the packed projection.
+  2-core dev box (fp32, H = 4, D = 64, S = 128, N = 21/81/150, fwd+bwd, ``bench/decoder.py``): 1.59–1.67× SDPA
+  on the packed projection, both on two threads.
 * ``triton`` — GPU kernels ``semivl_fast.kernels.class_attention``: all keys of a problem in one tile (plain
   two-pass softmax, no online softmax), several problems per program for small N; N ≤ 256, D ≤ 128; fp32 (TF32
   unless ``SEMIVL_FAST_TF32=0``), fp16, bf16.
