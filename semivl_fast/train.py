@@ -176,7 +176,7 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
             with torch.no_grad(), autocast:
                 labels = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
             picture = overlay(denormalize(image, val.mean, val.std), labels, list(data.class_set.classes))
-            logger.image(step, "val/prediction", torch.from_numpy(np.asarray(picture)).permute(2, 0, 1))
+            logger.image(step, "val/prediction", torch.from_numpy(np.array(picture)).permute(2, 0, 1))
         model.train()
         return res
 

@@ -296,6 +296,28 @@ def test_backward_reaches_every_parameter():
     assert not silent
 
 
+def test_channels_last_is_layout_only():
+    """channels_last (the default) changes memory layout, not math: same output and gradients as NCHW (float64),
+    and the upsampling maps really are channels-last."""
+    torch.manual_seed(0)
+    nchw = _randomize(LanguageGuidedDecoder(dataclasses.replace(TINY, channels_last=False))).double()
+    nhwc = LanguageGuidedDecoder(TINY).double()
+    nhwc.load_state_dict(nchw.state_dict())
+    dense, skips, text = _inputs(TINY, 2, 5, 7, 9, skip_sizes=[(7, 9), (13, 20)])
+    seen = []
+    nhwc.upsampling.stages[-1].conv2.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].is_contiguous(memory_format=torch.channels_last) and not i[0].is_contiguous()))
+    grads = []
+    for dec in (nchw, nhwc):
+        out = dec(dense, skips, text)
+        out.square().mean().backward()
+        grads.append((out.detach(), [p.grad for p in dec.parameters()]))
+    assert seen == [True]
+    torch.testing.assert_close(grads[1][0], grads[0][0], **F64)
+    for a, b in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(a, b, **F64)
+
+
 def test_bad_inputs_are_reported():
     decoder = LanguageGuidedDecoder(TINY)
     dense, skips, text = _inputs(TINY, 1, 2, 8, 8, dtype=torch.float32)
