@@ -30,7 +30,7 @@ from semivl_fast.config import DataConfig, EvalConfig, deep_update, parse_overri
 from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, set_epoch
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
-from semivl_fast.engine.optim import update
+from semivl_fast.engine.optim import adamw, update
 from semivl_fast.models.clip import get_tokenizer
 from semivl_fast.train import autocast_for, seed_everything
 from semivl_fast.vilseg.checkpoint import CLIP_WEIGHTS, export_vilseg, load_state, save_state
@@ -282,8 +282,8 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
     if per_epoch == 0:
         raise ValueError(f"batch size {dc.batch_size} x {world} processes is larger than the {len(items)} pairs")
     total = tc.iters
-    optimizer = torch.optim.AdamW(param_groups(model, tc.lr, tc.weight_decay, tc.head_lr_mult), lr=tc.lr,
-                                  betas=(0.9, 0.98), eps=1e-6)
+    optimizer = adamw(param_groups(model, tc.lr, tc.weight_decay, tc.head_lr_mult), lr=tc.lr, betas=(0.9, 0.98),
+                      eps=1e-6)
     scheduler = warmup_poly(optimizer, total, tc.warmup_iters, tc.poly_power)
     scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
     autocast = autocast_for(tc.amp, device)

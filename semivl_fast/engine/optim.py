@@ -25,7 +25,15 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
     groups = param_groups(model, lr, weight_decay, multipliers)
     if not groups:
         raise ValueError("the model has no trainable parameters; check model.finetune")
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    return adamw(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+
+
+def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with its fused kernel (one pass per tensor, CPU and CUDA; same update rule) when every
+    parameter is a floating-point tensor on one device type, else the plain per-tensor loop."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() for p in params) and len({p.device.type for p in params}) == 1
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total_iters: int,
