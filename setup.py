@@ -95,10 +95,12 @@ def _extensions():
         raise SystemExit(f"semivl_fast: SEMIVL_FAST_CUDA=1 but {why}; unset it or install a CUDA torch and toolkit")
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers (torch's CPU backend is OpenMP), so
-    # without it every CPU kernel runs on one thread. The link pulls libgomp.so.1, the soname torch has loaded.
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
-    link = ["-fopenmp"]
+    # -fopenmp: when torch's CPU parallel backend is OpenMP, at::parallel_for is an OpenMP region inlined from ATen's
+    # headers, so without the flag every CPU kernel runs on one thread (build_info()["cpu_kernel_threads"] shows it).
+    # With GCC the link pulls libgomp.so.1, the soname torch has already loaded: one OpenMP runtime.
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", *openmp]
+    link = openmp
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if build_cuda:

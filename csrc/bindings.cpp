@@ -5,7 +5,6 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
-
 #include <string>
 #include <vector>
 
