@@ -67,7 +67,7 @@ class TrainConfig:
     guidance_thresh: float = 0.9
     guidance_scale: float = 100.0  # CLIP logit scale in softmax(scale * cos)
     guidance_text: str = "max"  # class definitions for the guidance: max (concept max) | avg | single
-    amp: str = "none"  # none | bf16 (CPU and GPU) | fp16 (GPU, with a grad scaler)
+    amp: str = "none"  # none | bf16 (CPU and GPU) | fp16 (GPU, with a grad scaler) | auto (bf16 where native)
     compile: bool = False  # torch.compile the model
     seed: int = 0
     log_every: int = 10

@@ -31,8 +31,9 @@ from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, set_epoch
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import adamw, update
+from semivl_fast.engine.precision import PassContext, resolve_amp, vit_tokens
 from semivl_fast.models.clip import get_tokenizer
-from semivl_fast.train import autocast_for, seed_everything
+from semivl_fast.train import seed_everything
 from semivl_fast.vilseg.checkpoint import CLIP_WEIGHTS, export_vilseg, load_state, save_state
 from semivl_fast.vilseg.config import (
     LossConfig,
@@ -285,8 +286,12 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
     optimizer = adamw(param_groups(model, tc.lr, tc.weight_decay, tc.head_lr_mult), lr=tc.lr, betas=(0.9, 0.98),
                       eps=1e-6)
     scheduler = warmup_poly(optimizer, total, tc.warmup_iters, tc.poly_power)
-    scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
-    autocast = autocast_for(tc.amp, device)
+    amp = resolve_amp(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    tokens = max(vit_tokens(s, model.patch_size) for s in (dc.global_size, cfg.eval.crop_size))
+    autocast = PassContext(amp, device, tokens)
+    eval_context = PassContext("none", device, tokens)  # fp32, as python -m semivl_fast.evaluate --zero-shot
+    LOG.info(f"precision: train.amp={tc.amp} -> {autocast}; evaluation in fp32")
 
     step = 0
     if state is not None:
@@ -311,7 +316,7 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
 
     def run_eval() -> None:
         nonlocal zero_shot
-        zero_shot = evaluate_zero_shot(model, cfg, device, autocast)
+        zero_shot = evaluate_zero_shot(model, cfg, device, eval_context)
         for method, res in zero_shot.items():
             logger.scalars(step, {f"{method}_miou": res["miou"]}, prefix="zeroshot")
         if zero_shot:

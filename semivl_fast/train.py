@@ -11,7 +11,6 @@ Any config key can be overridden as ``section.key=value`` (see semivl_fast/confi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import random
 import sys
@@ -37,6 +36,7 @@ from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
 from semivl_fast.engine.guidance import build_guidance
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
+from semivl_fast.engine.precision import AMP_CHOICES, PassContext, resolve_amp, vit_tokens
 from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
@@ -50,19 +50,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast_for(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU and GPU, fp16 on GPU (with a grad scaler), or nothing."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a GPU; use bf16 on CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise ValueError(f"train.amp={amp!r}; choose none, bf16 or fp16")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
@@ -81,6 +68,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume))
     if cfg.train.mix_partner not in MIX_PARTNERS:  # before anything is written
         raise ValueError(f"train.mix_partner={cfg.train.mix_partner!r}; choose one of {MIX_PARTNERS}")
+    if cfg.train.amp not in AMP_CHOICES:
+        raise ValueError(f"train.amp={cfg.train.amp!r}; choose one of {', '.join(AMP_CHOICES)}")
     return cfg, bool(resume)
 
 
@@ -146,8 +135,12 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
         raise ValueError(f"batch size {bs} x {world} processes is larger than the training set")
     total = tc.iters or tc.epochs * per_epoch
     scheduler = poly_schedule(optimizer, total, tc.poly_power)
-    scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
-    autocast = autocast_for(tc.amp, device)
+    amp = resolve_amp(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    tokens = vit_tokens(cfg.data.crop_size, model.backbone.patch_size)
+    autocast = PassContext(amp, device, tokens)
+    eval_context = PassContext("none", device, tokens)  # fp32, as python -m semivl_fast.evaluate
+    LOG.info(f"precision: train.amp={tc.amp} -> {autocast}; evaluation in fp32")
 
     step, best = 0, -1.0
     if state is not None:
@@ -169,11 +162,11 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     def evaluate_now() -> dict:
         model.eval()
         shard = torch.utils.data.Subset(val, range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
-        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, autocast,
-                       progress=tc.progress)
+        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device,
+                       eval_context, progress=tc.progress)
         if logger.writer is not None:  # one prediction overlay per evaluation
             image, _, _ = val[0]
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), eval_context:
                 labels = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
             picture = overlay(denormalize(image, val.mean, val.std), labels, list(data.class_set.classes))
             logger.image(step, "val/prediction", torch.from_numpy(np.array(picture)).permute(2, 0, 1))

@@ -46,8 +46,9 @@ def test_every_recipe_config_parses():
 
 
 def test_train_evaluate_and_reload(world_root, tmp_path):
+    """Trains under bf16 autocast; its evaluation computes in fp32, so evaluate.main gives the same mIoU."""
     out = tmp_path / "run"
-    result = train.main(_args(world_root, out, "train.iters=3", "eval.every=3"))
+    result = train.main(_args(world_root, out, "train.iters=3", "eval.every=3", "train.amp=bf16"))
     assert result["steps"] == 3 and len(result["losses"]) == 3
     assert 0 <= result["miou"] <= 100
     for name in ("config.yaml", "last.pt", "model.safetensors", "train.log"):

@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from semivl_fast.engine.precision import resolve_amp
 from semivl_fast.vilseg.checkpoint import CLIP_WEIGHTS
 from semivl_fast.vilseg.config import default_pretrain_config, load_pretrain_config, to_dict
 
@@ -51,6 +54,9 @@ def prior_key(config: str | os.PathLike | None = None, overrides: list[str] | No
     from semivl_fast.data.synthetic import WORLD_VERSION
 
     data = to_dict(load_pretrain_config(config or default_pretrain_config(), overrides))
+    # train.amp=auto is bf16 or fp32 depending on the machine: the key holds what it means here
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data["train"]["amp"] = resolve_amp(data["train"]["amp"], device)
     for section, keys in _NOT_WEIGHTS.items():
         if keys is None:
             data.pop(section, None)
