@@ -25,6 +25,7 @@ from torch import Tensor
 from semivl_fast.config import Config, EvalConfig
 from semivl_fast.engine.dist import all_reduce_sum, is_main
 from semivl_fast.engine.logger import LOG, setup_logging
+from semivl_fast.engine.precision import eval_context
 from semivl_fast.inference import predict_logits, resize_to
 from semivl_fast.metrics import format_iou_table, intersection_union, miou
 
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, cfg = load_trained_model(args.checkpoint, args.device)
     cfg: Config = from_dict(deep_update(to_dict(cfg), parse_overrides(args.overrides)))
     dataset = build_val_dataset(cfg.data)
-    result = evaluate(lambda x: model(x), dataset, model.num_classes, cfg.data.crop_size, cfg.eval,
-                      torch.device(args.device), progress=args.progress)
+    device = torch.device(args.device)
+    result = evaluate(lambda x: model(x), dataset, model.num_classes, cfg.data.crop_size, cfg.eval, device,
+                      eval_context(device, cfg.data.crop_size, model.backbone.patch_size), progress=args.progress)
     if is_main():
         if args.json:
             print(json.dumps(result))
@@ -159,7 +161,8 @@ def zero_shot_main(args: argparse.Namespace) -> dict[str, Any]:
     text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
                           args.text_mode, src.weights).to(device)
     seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(device)
-    result = evaluate(lambda x: seg(x), dataset, text.num_classes, cfg.data.crop_size, cfg.eval, device,
+    fp32 = eval_context(device, cfg.data.crop_size, seg.patch_size)
+    result = evaluate(lambda x: seg(x), dataset, text.num_classes, cfg.data.crop_size, cfg.eval, device, fp32,
                       progress=getattr(args, "progress", True))
     result["method"] = args.method
     if is_main():

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from semivl_fast.data.transforms import get_normalization, normalize, resize_short_side
+from semivl_fast.engine.precision import PassContext, eval_context
 from semivl_fast.evaluate import add_zero_shot_args
 from semivl_fast.inference import predict_logits
 from semivl_fast.visualize import overlay
@@ -69,13 +70,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                      templates=cfg.model.templates, mode=cfg.model.decoder_text,
                                      cache_dir=cfg.model.text_cache_dir)
         model.set_text(text)
+    fp32 = eval_context(torch.device(args.device), cfg.data.crop_size, model.backbone.patch_size)
     return _segment_images(images, args, cfg.data.norm, _class_names(model),
                            lambda x: predict_logits(lambda t: model(t), x, cfg.data.crop_size, cfg.eval.mode,
-                                                    cfg.eval.stride, cfg.eval.merge))
+                                                    cfg.eval.stride, cfg.eval.merge), fp32)
 
 
-def _segment_images(images: list[Path], args: argparse.Namespace, norm: str, names: list[str], scores_fn) -> list[Path]:
-    """Normalise each image (after the optional short-side resize), take ``scores_fn``'s argmax, write its overlay."""
+def _segment_images(images: list[Path], args: argparse.Namespace, norm: str, names: list[str], scores_fn,
+                    context: PassContext) -> list[Path]:
+    """Normalise each image (after the optional short-side resize), take ``scores_fn``'s argmax (under ``context``),
+    write its overlay."""
     mean, std = get_normalization(norm)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def _segment_images(images: list[Path], args: argparse.Namespace, norm: str, nam
         img = Image.open(path).convert("RGB")
         if args.short_side:
             img = resize_short_side(img, args.short_side)
-        with torch.no_grad():
+        with torch.no_grad(), context:
             labels = scores_fn(normalize(img, mean, std).unsqueeze(0).to(args.device)).argmax(1)[0].cpu().numpy()
         written.append(_write_overlay(img, labels, names, out_dir, path))
     return written
@@ -108,7 +112,9 @@ def _predict_zero_shot(args: argparse.Namespace, images: list[Path]) -> list[Pat
     text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,
                           args.text_mode, src.weights).to(args.device)
     seg = build_segmenter(args.method, src.model, text, args.bg_thresh, args.background).to(args.device)
-    return _segment_images(images, args, src.norm, list(classes.classes), seg)
+    # whole images of any size (no crop): fp32 with the default attention kernel
+    fp32 = PassContext("none", torch.device(args.device))
+    return _segment_images(images, args, src.norm, list(classes.classes), seg, fp32)
 
 
 def _class_names(model) -> list[str]:

@@ -31,7 +31,7 @@ from semivl_fast.engine import dist
 from semivl_fast.engine.data import make_loader, set_epoch
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import adamw, update
-from semivl_fast.engine.precision import PassContext, resolve_amp, vit_tokens
+from semivl_fast.engine.precision import PassContext, eval_context, resolve_amp, vit_tokens
 from semivl_fast.models.clip import get_tokenizer
 from semivl_fast.train import seed_everything
 from semivl_fast.vilseg.checkpoint import CLIP_WEIGHTS, export_vilseg, load_state, save_state
@@ -288,9 +288,8 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
     scheduler = warmup_poly(optimizer, total, tc.warmup_iters, tc.poly_power)
     amp = resolve_amp(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    tokens = max(vit_tokens(s, model.patch_size) for s in (dc.global_size, cfg.eval.crop_size))
-    autocast = PassContext(amp, device, tokens)
-    eval_context = PassContext("none", device, tokens)  # fp32, as python -m semivl_fast.evaluate --zero-shot
+    autocast = PassContext(amp, device, vit_tokens(dc.global_size, model.patch_size))  # local views are smaller
+    fp32 = eval_context(device, cfg.eval.crop_size, model.patch_size)  # as python -m semivl_fast.evaluate --zero-shot
     LOG.info(f"precision: train.amp={tc.amp} -> {autocast}; evaluation in fp32")
 
     step = 0
@@ -316,7 +315,7 @@ def _pretrain(cfg: PretrainConfig, resuming: bool, rank: int, world: int, device
 
     def run_eval() -> None:
         nonlocal zero_shot
-        zero_shot = evaluate_zero_shot(model, cfg, device, eval_context)
+        zero_shot = evaluate_zero_shot(model, cfg, device, fp32)
         for method, res in zero_shot.items():
             logger.scalars(step, {f"{method}_miou": res["miou"]}, prefix="zeroshot")
         if zero_shot:

@@ -36,7 +36,7 @@ from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
 from semivl_fast.engine.guidance import build_guidance
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
-from semivl_fast.engine.precision import AMP_CHOICES, PassContext, resolve_amp, vit_tokens
+from semivl_fast.engine.precision import AMP_CHOICES, PassContext, eval_context, resolve_amp, vit_tokens
 from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
@@ -137,9 +137,8 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     scheduler = poly_schedule(optimizer, total, tc.poly_power)
     amp = resolve_amp(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    tokens = vit_tokens(cfg.data.crop_size, model.backbone.patch_size)
-    autocast = PassContext(amp, device, tokens)
-    eval_context = PassContext("none", device, tokens)  # fp32, as python -m semivl_fast.evaluate
+    autocast = PassContext(amp, device, vit_tokens(cfg.data.crop_size, model.backbone.patch_size))
+    fp32 = eval_context(device, cfg.data.crop_size, model.backbone.patch_size)  # as python -m semivl_fast.evaluate
     LOG.info(f"precision: train.amp={tc.amp} -> {autocast}; evaluation in fp32")
 
     step, best = 0, -1.0
@@ -162,11 +161,11 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     def evaluate_now() -> dict:
         model.eval()
         shard = torch.utils.data.Subset(val, range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
-        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device,
-                       eval_context, progress=tc.progress)
+        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, fp32,
+                       progress=tc.progress)
         if logger.writer is not None:  # one prediction overlay per evaluation
             image, _, _ = val[0]
-            with torch.no_grad(), eval_context:
+            with torch.no_grad(), fp32:
                 labels = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
             picture = overlay(denormalize(image, val.mean, val.std), labels, list(data.class_set.classes))
             logger.image(step, "val/prediction", torch.from_numpy(np.array(picture)).permute(2, 0, 1))

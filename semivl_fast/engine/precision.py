@@ -74,6 +74,11 @@ class PassContext:
         return f"PassContext(amp={self.amp}, attention={'math' if self.math_attention else 'default'})"
 
 
+def eval_context(device: torch.device, crop_size: int | tuple[int, int], patch_size: int) -> PassContext:
+    """The pass context of evaluation and prediction: fp32, the attention kernel for this crop's sequence length."""
+    return PassContext("none", device, vit_tokens(crop_size, patch_size))
+
+
 def vit_tokens(image_size: int | tuple[int, int], patch_size: int) -> int:
     """Sequence length of a ViT on ``image_size`` inputs: whole patches (padded up) plus the class token."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size

@@ -105,6 +105,10 @@ class ViLSegZeroShot(_TextSegmenter):
         super().__init__(text, bg_thresh, background)
         self.model = model
 
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_size
+
     @torch.no_grad()
     def clusters(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(dense (B, D, h, w) unit patch embeddings, labels (B, h, w) int64 hard cluster of every patch)."""
@@ -130,6 +134,10 @@ class MaskClipZeroShot(_TextSegmenter):
         super().__init__(text, bg_thresh, background)
         backbone.set_finetune("frozen")
         self.backbone = backbone.eval()
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.patch_size
 
     def train(self, mode: bool = True) -> MaskClipZeroShot:
         return super().train(False)
