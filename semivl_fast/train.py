@@ -36,7 +36,7 @@ from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
 from semivl_fast.engine.guidance import build_guidance
 from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
 from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
-from semivl_fast.engine.precision import AMP_CHOICES, PassContext, eval_context, resolve_amp, vit_tokens
+from semivl_fast.engine.precision import PassContext, check_amp, eval_context, resolve_amp, vit_tokens
 from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.evaluate import evaluate
 from semivl_fast.metrics import format_iou_table
@@ -68,8 +68,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume))
     if cfg.train.mix_partner not in MIX_PARTNERS:  # before anything is written
         raise ValueError(f"train.mix_partner={cfg.train.mix_partner!r}; choose one of {MIX_PARTNERS}")
-    if cfg.train.amp not in AMP_CHOICES:
-        raise ValueError(f"train.amp={cfg.train.amp!r}; choose one of {', '.join(AMP_CHOICES)}")
+    check_amp(cfg.train.amp)
     return cfg, bool(resume)
 
 

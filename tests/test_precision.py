@@ -1,5 +1,7 @@
 """train.amp resolution (auto -> bf16 where native) and the pass context (autocast + CPU attention kernel)."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -74,8 +76,6 @@ def test_math_attention_is_the_same_function():
             out = attn(x, x, x, need_weights=False)[0]
         out.square().sum().backward()
         return out.detach(), x.grad.clone(), attn.in_proj_weight.grad.clone()
-
-    import contextlib
 
     for a, b in zip(run(contextlib.nullcontext()), run(PassContext("none", CPU, tokens=37))):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ import contextlib
 import math
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 AMP_CHOICES = ("none", "bf16", "fp16", "auto")
 MATH_ATTENTION_MAX_TOKENS = 256
@@ -33,10 +34,15 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """``amp`` with ``auto`` replaced by what it means on ``device``: ``bf16`` or ``none``."""
+def check_amp(amp: str) -> None:
+    """One clear error for a ``train.amp`` value that is not one of ``AMP_CHOICES``."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"train.amp={amp!r}; choose one of {', '.join(AMP_CHOICES)}")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``amp`` with ``auto`` replaced by what it means on ``device``: ``bf16`` or ``none``."""
+    check_amp(amp)
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("train.amp=fp16 needs a GPU; use bf16 (or auto) on CPU")
     if amp == "auto":
@@ -61,8 +67,6 @@ class PassContext:
             dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
             stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
         if self.math_attention:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         self._stacks.append(stack)
         return self

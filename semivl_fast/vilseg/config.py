@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semivl_fast.config import _merge, _read_yaml, deep_update, parse_overrides, to_dict
-from semivl_fast.engine.precision import AMP_CHOICES
+from semivl_fast.engine.precision import check_amp
 
 DENSE_SOURCES = ("value", "token")
 GLOBAL_EMBEDS = ("cls", "avg", "max")
@@ -139,8 +139,7 @@ def check_config(cfg: PretrainConfig) -> PretrainConfig:
         raise ValueError(f"loss.clip_pool={cfg.loss.clip_pool!r}; choose global, patch or both")
     if cfg.loss.cluster_views not in ("global", "local"):
         raise ValueError(f"loss.cluster_views={cfg.loss.cluster_views!r}; choose global or local")
-    if cfg.train.amp not in AMP_CHOICES:
-        raise ValueError(f"train.amp={cfg.train.amp!r}; choose one of {', '.join(AMP_CHOICES)}")
+    check_amp(cfg.train.amp)
     if cfg.loss.vision_mode not in VISION_MODES:
         raise ValueError(f"loss.vision_mode={cfg.loss.vision_mode!r}; choose one of {VISION_MODES}")
     if m.num_clusters < 2:
