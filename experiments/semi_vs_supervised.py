@@ -3,12 +3,13 @@
 
     python experiments/semi_vs_supervised.py                      # k = 8 and 16, the default run's recipe
     python experiments/semi_vs_supervised.py --labels 4 8 --iters 600 --seeds 0 1 2
+    python experiments/semi_vs_supervised.py --labels 4 --iters 600 --tag no-guidance train.guidance=false
 
 Every run uses configs/synthetic.yaml with the same iterations, model and initialisation; only the training mode
 (and the labeled subset) differs. A k the world has no split list for (it ships 8, 16, 32, 64) is drawn with the
 world's own split seed into ``<out>/splits``, so the labeled sets nest (the 4 images of k=4 are the first 4 of k=8).
 Results (mIoU on the world's validation set) are printed as a Markdown table and merged, per k, into
-experiments/results/semi_vs_supervised_<iters>it.json.
+experiments/results/semi_vs_supervised_<iters>it[_<tag>].json.
 """
 
 from __future__ import annotations
@@ -69,13 +70,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--labels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iters", type=int, default=0, help="iterations per run (0: the default run's)")
-    parser.add_argument("--out", default="runs/semi_vs_supervised")
+    parser.add_argument("--out", default=None, help="run folders (default: runs/semi_vs_supervised[_<tag>])")
+    parser.add_argument("--tag", default="", help="results file suffix for a variant (e.g. no-guidance)")
     parser.add_argument("--supervised-only", action="store_true",
                         help="skip SemiVL (e.g. --labels 1000: the headroom that labels alone buy)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args(argv)
 
     iters = args.iters or load_config(train.default_config()).train.iters
+    suffix = f"_{args.tag}" if args.tag else ""
+    args.out = args.out or f"runs/semi_vs_supervised{suffix}"
     extra = [*split_dir_for(args.labels, args.overrides, Path(args.out)), *args.overrides]
     results: dict[str, dict] = {}
     for k in args.labels:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{ahead}/{len(gains)} |")
     table = "\n".join(lines)
     print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations, seeds {args.seeds}:\n{table}")
-    out = ROOT / "results" / f"semi_vs_supervised_{iters}it.json"
+    out = ROOT / "results" / f"semi_vs_supervised_{iters}it{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     saved = json.loads(out.read_text())["results"] if out.is_file() else {}
     saved.update(results)  # a rerun of some k replaces those; the other k stay

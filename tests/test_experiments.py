@@ -54,6 +54,9 @@ def test_semi_vs_supervised_draws_missing_splits_and_merges_results(world_root, 
     svs.main(["--labels", "8", "--iters", "2", "--seeds", "1", "--out", str(out), "--supervised-only", *overrides])
     saved = json.loads(results.read_text())["results"]  # the rerun k is replaced, the others stay
     assert saved["8"]["seeds"] == [1] and "semivl" not in saved["8"] and "semivl" in saved["4"]
+    svs.main(["--labels", "8", "--iters", "2", "--supervised-only", "--tag", "variant", "--out", str(out / "v"),
+              *overrides])  # a variant gets its own results file
+    assert list(json.loads((results.parent / "semi_vs_supervised_2it_variant.json").read_text())["results"]) == ["8"]
 
 
 def test_pseudo_label_score_on_a_hand_made_image():
