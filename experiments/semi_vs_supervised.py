@@ -8,8 +8,9 @@
 Every run uses configs/synthetic.yaml with the same iterations, model and initialisation; only the training mode
 (and the labeled subset) differs. A k the world has no split list for (it ships 8, 16, 32, 64) is drawn with the
 world's own split seed into ``<out>/splits``, so the labeled sets nest (the 4 images of k=4 are the first 4 of k=8).
-Results (mIoU on the world's validation set) are printed as a Markdown table and merged, per k, into
-experiments/results/semi_vs_supervised_<iters>it[_<tag>].json.
+Results (mIoU on the world's validation set) are merged per k and seed into
+experiments/results/semi_vs_supervised_<iters>it[_<tag>].json (rerunning a seed replaces it; more seeds pool into
+the same row) and printed as a Markdown table over every recorded seed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from semivl_fast import train
@@ -65,7 +65,54 @@ def commit() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def load_results(path: Path) -> dict[str, dict[str, dict]]:
+    """k -> seed -> {"supervised": mIoU, "semivl": mIoU, "overrides": [...], "commit": ...}."""
+    return json.loads(path.read_text())["results"] if path.is_file() else {}
+
+
+def save_results(path: Path, iters: int, results: dict[str, dict[str, dict]]) -> None:
+    ordered = {k: dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+               for k, runs in sorted(results.items(), key=lambda kv: int(kv[0]))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"iters": iters, "results": ordered}, indent=1))
+    tmp.replace(path)
+
+
+def check_same_variant(results: dict[str, dict[str, dict]], labels: list[int], overrides: list[str]) -> None:
+    """Seeds of one k are pooled into one row, so they must all come from the same overrides."""
+    for k in labels:
+        others = {tuple(r["overrides"]) for r in results.get(str(k), {}).values()}
+        if others - {tuple(overrides)}:
+            raise ValueError(f"k={k} already has runs with overrides {sorted(others)}, not {overrides}: give this "
+                             "variant its own --tag")
+
+
+def cell(scores: list[float], sign: str = "") -> str:
+    """Mean, ± sample sd over the seeds when there are several."""
+    if not scores:
+        return ""
+    spread = f" ± {statistics.stdev(scores):.1f}" if len(scores) > 1 else ""
+    return f"{statistics.mean(scores):{sign}.1f}{spread}"
+
+
+def table(results: dict[str, dict[str, dict]], labels: list[int]) -> str:
+    """Markdown rows over every seed recorded for each k."""
+    lines = ["| labeled images | seeds | supervised only | SemiVL | gain | SemiVL ahead |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for k in labels:
+        runs = results[str(k)]
+        seeds = sorted(runs, key=int)
+        sup = [runs[s]["supervised"] for s in seeds]
+        pairs = [(runs[s]["supervised"], runs[s]["semivl"]) for s in seeds if "semivl" in runs[s]]
+        gains = [b - a for a, b in pairs]
+        ahead = f"{sum(g > 0 for g in gains)}/{len(gains)}" if gains else ""
+        lines.append(f"| {k} | {' '.join(seeds)} | {cell(sup)} | {cell([b for _, b in pairs])} | "
+                     f"{cell(gains, '+')} | {ahead} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -79,42 +126,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     iters = args.iters or load_config(train.default_config()).train.iters
     suffix = f"_{args.tag}" if args.tag else ""
-    args.out = args.out or f"runs/semi_vs_supervised{suffix}"
-    extra = [*split_dir_for(args.labels, args.overrides, Path(args.out)), *args.overrides]
-    results: dict[str, dict] = {}
+    out_dir = Path(args.out or f"runs/semi_vs_supervised{suffix}")
+    path = ROOT / "results" / f"semi_vs_supervised_{iters}it{suffix}.json"
+    results = load_results(path)
+    check_same_variant(results, args.labels, args.overrides)  # before hours of training, not after
+    extra = [*split_dir_for(args.labels, args.overrides, out_dir), *args.overrides]
+    modes = ("supervised",) if args.supervised_only else ("supervised", "semivl")
     for k in args.labels:
-        t0 = time.time()
-        for mode in ("supervised",) if args.supervised_only else ("supervised", "semivl"):
-            scores = [run(mode, k, s, iters, extra, Path(args.out)) for s in args.seeds]
-            results.setdefault(str(k), {})[mode] = scores
-        results[str(k)].update(seeds=args.seeds, overrides=args.overrides, commit=commit(),
-                               seconds=round(time.time() - t0))
-
-    def cell(scores: list[float], sign: str = "") -> str:  # mean, ± sample sd over the seeds when there are several
-        spread = f" ± {statistics.stdev(scores):.1f}" if len(scores) > 1 else ""
-        return f"{statistics.mean(scores):{sign}.1f}{spread}"
-
-    lines = ["| labeled images | supervised only | SemiVL | gain | SemiVL ahead (seeds) |",
-             "|---:|---:|---:|---:|---:|"]
-    for k, r in results.items():
-        if "semivl" not in r:
-            lines.append(f"| {k} | {cell(r['supervised'])} | | | |")
-            continue
-        gains = [b - a for a, b in zip(r["supervised"], r["semivl"])]
-        ahead = sum(g > 0 for g in gains)
-        lines.append(f"| {k} | {cell(r['supervised'])} | {cell(r['semivl'])} | {cell(gains, '+')} | "
-                     f"{ahead}/{len(gains)} |")
-    table = "\n".join(lines)
-    print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations, seeds {args.seeds}:\n{table}")
-    out = ROOT / "results" / f"semi_vs_supervised_{iters}it{suffix}.json"
-    out.parent.mkdir(exist_ok=True)
-    saved = json.loads(out.read_text())["results"] if out.is_file() else {}
-    saved.update(results)  # a rerun of some k replaces those; the other k stay
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"iters": iters, "results": dict(sorted(saved.items(), key=lambda kv: int(kv[0])))},
-                              indent=1))
-    tmp.replace(out)
-    return results
+        for seed in args.seeds:  # saved after every seed: an interrupted experiment keeps what it finished
+            scores = {mode: run(mode, k, seed, iters, extra, out_dir) for mode in modes}
+            results.setdefault(str(k), {})[str(seed)] = {**scores, "overrides": args.overrides, "commit": commit()}
+            save_results(path, iters, results)
+    print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations ({path}):\n"
+          f"{table(results, args.labels)}")
+    return {str(k): results[str(k)] for k in args.labels}
 
 
 if __name__ == "__main__":

@@ -31,18 +31,19 @@ def test_semi_vs_supervised_draws_missing_splits_and_merges_results(world_root, 
     monkeypatch.setattr(svs, "ROOT", tmp_path)  # results/ under tmp_path
     results = tmp_path / "results" / "semi_vs_supervised_2it.json"
     results.parent.mkdir()
-    results.write_text(json.dumps({"iters": 2, "results": {"16": {"supervised": [1.0], "semivl": [2.0]}}}))
+    earlier = {"0": {"supervised": 1.0, "semivl": 2.0, "overrides": [], "commit": "abc"}}
+    results.write_text(json.dumps({"iters": 2, "results": {"16": earlier}}))
     overrides = [*_args(world_root, tmp_path / "unused")[:-1], "eval.max_images=2"]  # train.out_dir: per run
     out = tmp_path / "runs"
     got = svs.main(["--labels", "4", "8", "--iters", "2", "--seeds", "0", "--out", str(out), *overrides])
 
     assert set(got) == {"4", "8"}
     for k in ("4", "8"):
-        assert len(got[k]["supervised"]) == len(got[k]["semivl"]) == 1
-        assert 0 <= got[k]["semivl"][0] <= 100 and got[k]["seeds"] == [0]
+        r = got[k]["0"]
+        assert 0 <= r["supervised"] <= 100 and 0 <= r["semivl"] <= 100 and r["overrides"] == overrides
         assert (out / f"semivl-k{k}-s0" / "model.safetensors").is_file()
     saved = json.loads(results.read_text())["results"]
-    assert list(saved) == ["4", "8", "16"] and saved["16"]["semivl"] == [2.0]  # merged, sorted by k
+    assert list(saved) == ["4", "8", "16"] and saved["16"] == earlier  # merged, sorted by k
     # the world has no k=4 list: it is drawn with the world's seed, so it is the first 4 of the world's k=8 list
     world_lists = Path(world_root)
     k8 = read_split(next(world_lists.rglob("splits/synthetic/8/labeled.txt")))
@@ -52,11 +53,22 @@ def test_semi_vs_supervised_draws_missing_splits_and_merges_results(world_root, 
         read_split(next(world_lists.rglob("splits/synthetic/8/unlabeled.txt")))) - 4
 
     svs.main(["--labels", "8", "--iters", "2", "--seeds", "1", "--out", str(out), "--supervised-only", *overrides])
-    saved = json.loads(results.read_text())["results"]  # the rerun k is replaced, the others stay
-    assert saved["8"]["seeds"] == [1] and "semivl" not in saved["8"] and "semivl" in saved["4"]
+    saved = json.loads(results.read_text())["results"]  # a new seed pools into the same k
+    assert list(saved["8"]) == ["0", "1"] and "semivl" not in saved["8"]["1"] and "semivl" in saved["8"]["0"]
     svs.main(["--labels", "8", "--iters", "2", "--supervised-only", "--tag", "variant", "--out", str(out / "v"),
               *overrides])  # a variant gets its own results file
     assert list(json.loads((results.parent / "semi_vs_supervised_2it_variant.json").read_text())["results"]) == ["8"]
+    with pytest.raises(ValueError, match="its own --tag"):  # other overrides cannot pool with recorded seeds
+        svs.main(["--labels", "8", "--iters", "2", "--seeds", "2", "--out", str(out), *overrides, "train.lr=1e-3"])
+
+
+def test_semi_vs_supervised_table():
+    svs = _load("semi_vs_supervised")
+    runs = {"0": {"supervised": 40.0, "semivl": 45.0}, "1": {"supervised": 42.0, "semivl": 41.0},
+            "2": {"supervised": 44.0}}
+    row = svs.table({"4": runs}, [4]).splitlines()[-1]
+    # supervised over the 3 seeds: 42 ± 2; SemiVL and the gains over the 2 paired seeds: 43 ± 2.8, +2 ± 4.2
+    assert row == "| 4 | 0 1 2 | 42.0 ± 2.0 | 43.0 ± 2.8 | +2.0 ± 4.2 | 1/2 |"
 
 
 def test_pseudo_label_score_on_a_hand_made_image():
