@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     path = ROOT / "results" / f"semi_vs_supervised_{iters}it{suffix}.json"
     results = load_results(path)
     check_same_variant(results, args.labels, args.overrides)  # before hours of training, not after
-    extra = [*split_dir_for(args.labels, args.overrides, out_dir), *args.overrides]
+    extra = [*args.overrides, *split_dir_for(args.labels, args.overrides, out_dir)]  # last: wins over a given split_dir
     modes = ("supervised",) if args.supervised_only else ("supervised", "semivl")
     for k in args.labels:
         for seed in args.seeds:  # saved after every seed: an interrupted experiment keeps what it finished
