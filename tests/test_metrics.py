@@ -57,7 +57,7 @@ def test_sliding_windows_cover_and_average():
         torch.testing.assert_close(out, ref)
 
 
-def test_evaluation_progress_logs_lines_when_not_a_terminal(monkeypatch, caplog):
+def test_evaluation_progress_logs_lines_when_not_a_terminal(monkeypatch):
     import logging
     import sys
 
@@ -65,9 +65,17 @@ def test_evaluation_progress_logs_lines_when_not_a_terminal(monkeypatch, caplog)
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     logger = logging.getLogger("semivl_fast")
-    monkeypatch.setattr(logger, "propagate", True)
-    with caplog.at_level(logging.INFO, logger="semivl_fast"):
+    # a handler of its own on the logger: caplog would see each record twice once a run has made the logger
+    # non-propagating (pytest then attaches its handler to the logger as well as to the root)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(handler)
+    try:
         assert list(progress_iter(range(5), total=5, every_s=0.0)) == list(range(5))
-    lines = [r.getMessage() for r in caplog.records]
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 5 and all(line.startswith(f"eval: {n}/5 images, ") for n, line in enumerate(lines[:4], 1))
     assert lines[-1].startswith("eval: 5/5 images in ")
