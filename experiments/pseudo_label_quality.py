@@ -26,20 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from semivl_fast.checkpoint import load_trained_model
-from semivl_fast.data import SemiDataset, get_spec
+from semivl_fast.data import IGNORE_INDEX, SemiDataset, get_spec
 from semivl_fast.data.splits import split_path
 from semivl_fast.engine.data import class_set_for, resolve_data
 from semivl_fast.engine.guidance import build_guidance
 from semivl_fast.engine.precision import eval_context
 from semivl_fast.metrics import intersection_union, miou
 
-IGNORE = 255
-
 
 def score(probs: torch.Tensor, mask: torch.Tensor, threshold: float, num_classes: int) -> dict[str, torch.Tensor]:
     """Counts for one image: probs (N, H, W), mask (H, W) with 255 = ignore."""
     conf, label = probs.max(0)
-    valid = mask != IGNORE
+    valid = mask != IGNORE_INDEX
     kept = valid & (conf >= threshold)
     inter, union = intersection_union(label[None], mask[None], num_classes)
     return {"valid": valid.sum(), "kept": kept.sum(), "kept_right": (kept & (label == mask)).sum(),

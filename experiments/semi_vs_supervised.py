@@ -19,14 +19,14 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 from semivl_fast import train
 from semivl_fast.config import load_config
-from semivl_fast.data.splits import generate_split, read_split, write_split
+from semivl_fast.data.splits import read_split, write_splits
 from semivl_fast.engine.data import resolve_data
+from semivl_fast.engine.logger import git_revision
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,19 +50,8 @@ def split_dir_for(labels: list[int], overrides: list[str], out: Path) -> list[st
         return []
     mine = out / "splits"
     shutil.copytree(world, mine / cfg.data.dataset, dirs_exist_ok=True)
-    for k in missing:
-        lab, unl = generate_split(read_split(world / "train.txt"), k, cfg.data.seed)
-        write_split(mine / cfg.data.dataset / str(k) / "labeled.txt", lab)
-        write_split(mine / cfg.data.dataset / str(k) / "unlabeled.txt", unl)
+    write_splits(mine / cfg.data.dataset, read_split(world / "train.txt"), missing, cfg.data.seed)
     return [f"data.split_dir={mine}"]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def load_results(path: Path) -> dict[str, dict[str, dict]]:
@@ -132,10 +121,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     check_same_variant(results, args.labels, args.overrides)  # before hours of training, not after
     extra = [*args.overrides, *split_dir_for(args.labels, args.overrides, out_dir)]  # last: wins over a given split_dir
     modes = ("supervised",) if args.supervised_only else ("supervised", "semivl")
+    revision = git_revision(ROOT)
     for k in args.labels:
         for seed in args.seeds:  # saved after every seed: an interrupted experiment keeps what it finished
             scores = {mode: run(mode, k, seed, iters, extra, out_dir) for mode in modes}
-            results.setdefault(str(k), {})[str(seed)] = {**scores, "overrides": args.overrides, "commit": commit()}
+            results.setdefault(str(k), {})[str(seed)] = {**scores, "overrides": args.overrides, "commit": revision}
             save_results(path, iters, results)
     print(f"\nmIoU (%) on the synthetic world's validation set, {iters} iterations ({path}):\n"
           f"{table(results, args.labels)}")

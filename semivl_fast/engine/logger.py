@@ -31,18 +31,25 @@ def setup_logging(out_dir: str | Path | None = None, stream: Any = None) -> None
         LOG.addHandler(file)
 
 
-def log_environment(device: torch.device) -> None:
-    """One line each, once at the start of a run: code revision, versions and build, the face every op runs."""
+def git_revision(path: str | Path | None = None) -> str:
+    """Short commit of the checkout holding ``path`` (default: this package); "not a git checkout" or "unknown"."""
     import subprocess
 
     import semivl_fast
-    from semivl_fast.ops import active_backends
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(semivl_fast.__file__).parent).stdout.strip() or "not a git checkout"
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=path or Path(semivl_fast.__file__).parent).stdout.strip() or "not a git checkout"
     except (OSError, subprocess.SubprocessError):
-        sha = "unknown"
+        return "unknown"
+
+
+def log_environment(device: torch.device) -> None:
+    """One line each, once at the start of a run: code revision, versions and build, the face every op runs."""
+    import semivl_fast
+    from semivl_fast.ops import active_backends
+
+    sha = git_revision()
     info = semivl_fast.build_info()
     LOG.info(f"semivl_fast {semivl_fast.__version__} ({sha}); torch {info['torch']} (CUDA {info['torch_cuda']}), "
              f"triton {info['triton']}; kernels: C++ {info['cpu_kernels']} "
