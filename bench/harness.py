@@ -1,12 +1,17 @@
-"""Benchmark machinery: interleaved timing, peak memory, a roofline floor, and result records.
+"""Benchmark machinery shared by the scripts in bench/: cases, interleaved timing, peak memory, a roofline floor, the
+command line and result records.
 
 CPU: each implementation is timed in rounds that interleave the implementations (so load on the machine hits
 them alike) and the median is reported; peak memory is the live tensor bytes rebuilt from the profiler's
 allocation records. GPU: ``triton.testing.do_bench`` and ``torch.cuda.max_memory_allocated``.
+
+Each case times ``impls`` of one forward+backward: "eager" and "compiled" run the PyTorch references (plain torch,
+so torch.compile sees inside), "fused" the op's automatic face, "sdpa" PyTorch's attention.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -22,9 +27,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+import semivl_fast
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+REFERENCE_ENV = "SEMIVL_FAST_BACKEND"
+
+
+@dataclass
+class Case:
+    op: str
+    name: str
+    impls: tuple[str, ...]
+    setup: Callable[[str, torch.device], Callable[[], object]]  # impl -> one forward+backward
+    cost: Callable[[], tuple[float, float]]  # (FLOP, bytes) of one forward+backward
+    baseline: str = "eager"
+
+
+def use_impl(impl: str) -> None:
+    """eager/compiled/sdpa run the PyTorch references (``SEMIVL_FAST_BACKEND=reference``); fused the automatic face."""
+    if impl in ("eager", "compiled", "sdpa"):
+        os.environ[REFERENCE_ENV] = "reference"
+    else:
+        os.environ.pop(REFERENCE_ENV, None)
+
+
+def wrap(impl: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run as ``impl``: under torch.compile for "compiled", with the faces ``use_impl`` sets."""
+    if impl == "compiled":
+        use_impl(impl)
+        compiled = torch.compile(fn)
+        return lambda: (use_impl(impl), compiled())[1]
+    return lambda: (use_impl(impl), fn())[1]
 
 
 @dataclass
@@ -75,7 +111,7 @@ def measure_machine(device: torch.device) -> Machine:
 def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int = 10, best: bool = False) -> float:
     """Median (``best``: minimum) milliseconds of ``fn`` (after one warm-up call)."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench  # lazy: triton is optional, and only GPUs time with it
 
         return float(do_bench(fn, return_mode="min" if best else "median"))
     fn()
@@ -131,8 +167,6 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = peak = 0
@@ -152,10 +186,8 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
                                     cwd=ROOT).stdout.strip())
     except OSError:
         commit, dirty = "unknown", False
-    import semivl_fast
-
     try:
-        import triton
+        import triton  # lazy: optional (GPU kernels); only its version is recorded
 
         triton_version = triton.__version__
     except ImportError:
@@ -185,11 +217,46 @@ def format_table(rows: list[Row], baseline: str = "eager") -> str:
     return "\n".join(lines)
 
 
-def save_results(name: str, rows: list[Row], machine: Machine, env: dict[str, Any]) -> Path:
-    """Append one JSON line per row to ``bench/results/<name>.jsonl``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.jsonl"
+def save_results(name: str, rows: list[Row], machine: Machine, env: dict[str, Any], folder: Path = RESULTS) -> Path:
+    """Append one JSON line per row to ``<folder>/<name>.jsonl`` (default ``bench/results``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
     with open(path, "a") as f:
         for r in rows:
             f.write(json.dumps({**env, "machine": asdict(machine), **asdict(r), "roofline": r.roofline}) + "\n")
     return path
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """The command line every bench script shares (decoder.py adds ``--ops``)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=int, nargs="+", default=[21, 81, 150])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the .jsonl files the rows are appended to")
+    return p
+
+
+def run(name: str, cases: list[Case], args: argparse.Namespace) -> list[Row]:
+    """Time every case's implementations, print a table per case and append the rows to ``<results>/<name>.jsonl``."""
+    device = torch.device(args.device)
+    machine = measure_machine(device)
+    env = environment(device)
+    print(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+          f"peaks: {machine.flops / 1e9:.0f} GFLOP/s, {machine.bandwidth / 1e9:.1f} GB/s")
+    rows: list[Row] = []
+    for case in cases:
+        fns = {impl: case.setup(impl, device) for impl in case.impls}
+        times = time_interleaved(fns, device, args.rounds)
+        flop, nbytes = case.cost()
+        floor_ms = 1e3 * max(flop / machine.flops, nbytes / machine.bandwidth)
+        for impl in case.impls:
+            peak = None if args.no_memory else peak_memory_mb(fns[impl], device)
+            rows.append(Row(case.op, case.name, impl, times[impl], peak, flop, nbytes, floor_ms,
+                            {"baseline": case.baseline}))
+        print(format_table([r for r in rows if (r.op, r.case) == (case.op, case.name)], case.baseline), flush=True)
+    os.environ.pop(REFERENCE_ENV, None)
+    path = save_results(name, rows, machine, env, args.results)
+    print(f"\nappended {len(rows)} rows to {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    return rows

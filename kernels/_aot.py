@@ -1,6 +1,7 @@
 """Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90, without a GPU.
 
-Every kernel module lists ``AOT_SPECS`` (kernel, signature, constexprs, launch options) at the benchmark shapes.
+Every kernel module lists ``AOT_SPECS`` (kernel, signature, constexprs, launch options) at the benchmark shapes, with
+the tile sizes its launchers pick on a GPU.
 ``python -m semivl_fast.kernels._aot`` compiles each for every target, reads registers, spills and shared memory
 from the cubin (cuobjdump) and the MMA instructions from the SASS (nvdisasm), prints a table and exits non-zero if
 anything spills or does not fit. It must run without ``TRITON_INTERPRET`` (the interpreter never compiles).
@@ -17,7 +18,12 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNEL_MODULES = ("cost_volume", "class_attention", "pl_loss")
+import triton
+import triton.backends.nvidia
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+KERNEL_MODULES = ("cost_volume", "class_attention", "pseudo_label_loss")
 TARGETS = (80, 90)
 # Largest shared memory one block may use (opt-in limit): A100 163 KiB, H100 227 KiB.
 SHARED_LIMIT = {80: 166_912, 90: 232_448}
@@ -50,17 +56,11 @@ class AotReport:
 
 
 def _tool(name: str) -> str:
-    import triton.backends.nvidia as nv
-
-    return os.path.join(os.path.dirname(nv.__file__), "bin", name)
+    return os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", name)
 
 
 def compile_spec(spec: AotSpec, arch: int) -> AotReport:
     """Compile ``spec`` for ``sm_<arch>`` and read its resource usage."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     signature = {**spec.signature, **{k: "constexpr" for k in spec.constexprs}}
     src = ASTSource(fn=spec.kernel, signature=signature, constexprs=dict(spec.constexprs))
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -79,17 +79,8 @@ def compile_spec(spec: AotSpec, arch: int) -> AotReport:
 
 
 def all_specs() -> list[AotSpec]:
-    """The AOT specs of every kernel module that exists."""
-    specs: list[AotSpec] = []
-    for mod in KERNEL_MODULES:
-        try:
-            module = importlib.import_module(f"semivl_fast.kernels.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"semivl_fast.kernels.{mod}":
-                raise
-            continue
-        specs.extend(getattr(module, "AOT_SPECS", []))
-    return specs
+    """The AOT specs of every kernel module."""
+    return [spec for mod in KERNEL_MODULES for spec in importlib.import_module(f".{mod}", __package__).AOT_SPECS]
 
 
 def main() -> int:
@@ -97,9 +88,6 @@ def main() -> int:
         print("unset TRITON_INTERPRET: the interpreter does not compile kernels", file=sys.stderr)
         return 2
     reports = [compile_spec(spec, arch) for spec in all_specs() for arch in TARGETS]
-    if not reports:
-        print("no Triton kernels to compile yet")
-        return 0
     print(f"{'kernel':44s} {'arch':>5s} {'regs':>5s} {'spill B':>8s} {'shared B':>9s} {'mma':>6s}  ok")
     for r in reports:
         print(f"{r.name:44s} sm_{r.arch:<2d} {r.registers:5d} {r.spill_bytes:8d} {r.shared:9d} {r.mma:>6s}  "

@@ -21,31 +21,26 @@ practice). fp32 operands use TF32 tensor cores unless ``SEMIVL_FAST_TF32=0`` (th
 ``TRITON_INTERPRET=1`` bfloat16 tiles are upcast to fp32 before any arithmetic (the interpreter's bf16 is wrong).
 When every base pointer and stride is 16-aligned (the decoder's packed projection) the launcher says so
 (``ALIGNED``) and the kernels hint it, so AOT compiles vectorise the accesses as the JIT specialisation does.
+
+The launchers ``forward`` and ``backward`` write into outputs the caller allocates.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from semivl_fast.kernels import INTERPRET
-from semivl_fast.kernels._aot import AotSpec
+from . import DOT_DTYPES, INTERPRET, fp32_precision
+from ._aot import AotSpec
 
 OP = "class_attention"
 MAX_N = 256  # keys of one problem in one tile
 MAX_D = 128
 MAX_TILE = 256 * 64  # BLOCK_N * BLOCK_D: K and V tiles of one problem (64 KiB each in fp32)
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPES = tuple(DOT_DTYPES)  # what the launchers take
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-
-
-def fp32_precision() -> str:
-    """``tl.dot`` input precision for float32 operands: "tf32" unless ``SEMIVL_FAST_TF32=0`` ("ieee")."""
-    return "ieee" if os.environ.get("SEMIVL_FAST_TF32", "1").strip() == "0" else "tf32"
 
 
 def supports(n: int, d: int) -> bool:
@@ -258,7 +253,7 @@ def _check_rowstat(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
 def _check_q(q: torch.Tensor) -> None:
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"{OP} (triton): argument 'q' must be a 4-D (S, H, N, D) tensor")
-    if q.dtype not in _DTYPES:
+    if q.dtype not in DTYPES:
         raise TypeError(f"{OP} (triton): argument 'q' must be float32, float16 or bfloat16, got {q.dtype} "
                         "(float64 runs on the C++ and reference faces)")
     if q.device.type != "cuda" and not INTERPRET:
@@ -286,8 +281,8 @@ def _meta(q: torch.Tensor) -> tuple[dict, bool, str]:
     return cfg, INTERPRET and q.dtype == torch.bfloat16, precision
 
 
-def class_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                        scale: float) -> None:
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+            scale: float) -> None:
     """Writes ``out`` = softmax(scale q k^T) v and ``lse`` (S, H, N) float32; q, k, v, out (S, H, N, D) views."""
     _check_q(q)
     for name, t in (("k", k), ("v", v), ("out", out)):
@@ -305,9 +300,9 @@ def class_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: 
                          ALIGNED=_aligned(q, k, v, out), num_warps=cfg["FWD_WARPS"], num_stages=cfg["STAGES"])
 
 
-def class_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        out: torch.Tensor, lse: torch.Tensor, scale: float, grad_q: torch.Tensor,
-                        grad_k: torch.Tensor, grad_v: torch.Tensor, delta: torch.Tensor) -> None:
+def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, scale: float, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
+             delta: torch.Tensor) -> None:
     """Writes grad_q, grad_k, grad_v (S, H, N, D) views and ``delta`` = rowsum(grad_out * out) (S, H, N) float32."""
     _check_q(q)
     for name, t in (("grad_out", grad_out), ("k", k), ("v", v), ("out", out), ("grad_q", grad_q),
@@ -345,10 +340,10 @@ def _aot_specs() -> list[AotSpec]:
     for n in (21, 150):
         for dtype, precision in ((torch.bfloat16, "tf32"), (torch.float32, "tf32"), (torch.float32, "ieee")):
             cfg = config(n, 64, dtype, precision)
-            ptr = f"*{_DTYPES[dtype]}"
+            ptr = f"*{DOT_DTYPES[dtype]}"
             base = {"D": 64, "BLOCK_D": cfg["BLOCK_D"], "GROUP": cfg["GROUP"], "UPCAST": False,
                     "PRECISION": precision, "ALIGNED": True}
-            tag = f"N{n}_{_DTYPES[dtype]}" + ("_ieee" if precision == "ieee" and dtype == torch.float32 else "")
+            tag = f"N{n}_{DOT_DTYPES[dtype]}" + ("_ieee" if precision == "ieee" and dtype == torch.float32 else "")
             opts = {"num_stages": cfg["STAGES"]}
             specs.append(AotSpec(
                 f"class_attention_fwd_{tag}", _ca_fwd_kernel,
@@ -368,4 +363,4 @@ def _aot_specs() -> list[AotSpec]:
     return specs
 
 
-AOT_SPECS: list[AotSpec] = [] if INTERPRET else _aot_specs()
+AOT_SPECS: list[AotSpec] = _aot_specs()

@@ -2,7 +2,8 @@
 
 Operands: image (B, C, H, W) with any strides (channels_last and transposed views are read in place), unit text rows
 (R, C) contiguous in the image dtype, optional ``groups`` (R,) int64 class of every row (concept max over
-``num_classes`` classes). Output (B, K, H, W) contiguous, K = num_classes with groups else R.
+``num_classes`` classes). Output (B, K, H, W) contiguous, K = num_classes with groups else R, allocated by the caller
+like the gradients. ``forward`` and ``backward`` are the launchers.
 
 Kernels (fp32 accumulation everywhere; fp32 operands use TF32 tensor cores on the GPU unless
 ``SEMIVL_FAST_TF32=0``; under ``TRITON_INTERPRET=1`` bfloat16 tiles are upcast before ``tl.dot``):
@@ -19,32 +20,25 @@ Kernels (fp32 accumulation everywhere; fp32 operands use TF32 tensor cores on th
   its ties (the upstream gradient is split evenly between tied rows, as ``scatter_reduce(amax)`` does;
   bitwise-identical rows of a class are folded into one representative first, since they tie by definition but a
   tensor-core/BLAS tile may round them differently), then writes dx (one launch) or accumulates the text gradient
-  into its program's partial slot (a second launch, up to 64 persistent programs; summed afterwards).
+  into its program's partial slot (a second launch, up to 64 persistent programs; summed afterwards). The caller
+  passes the duplicate rows in (``semivl_fast.ops.cost_volume.duplicate_rows``).
 
 None of them creates a (B, R, H, W) tensor: scores live in registers.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from semivl_fast.kernels import INTERPRET
-from semivl_fast.kernels._aot import AotSpec
-from semivl_fast.ops import _common
+from . import DOT_DTYPES, INTERPRET, fp32_precision
+from ._aot import AotSpec
 
 OP = "cost_volume"
 EPS = 1e-12
 MAX_GROUPED_ROWS = 1024  # with groups one program holds all rows
-_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def fp32_precision() -> str:
-    """``tl.dot`` input precision for float32 operands: "tf32" unless ``SEMIVL_FAST_TF32=0`` ("ieee")."""
-    return "ieee" if os.environ.get("SEMIVL_FAST_TF32", "1").strip() == "0" else "tf32"
+DTYPES = tuple(DOT_DTYPES)  # what the launchers take
 
 
 # --------------------------------------------------------------------------------------------------------- kernels
@@ -253,7 +247,11 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def fwd_meta(R: int, C: int, HW: int, dtype: torch.dtype, grouped: bool) -> dict:
+# Tile sizes: the GPU's, or larger ones under the interpreter (fewer, bigger programs run faster there). The AOT
+# specs ask for the GPU's with interpret=False.
+
+
+def fwd_meta(R: int, C: int, HW: int, dtype: torch.dtype, grouped: bool, interpret: bool = INTERPRET) -> dict:
     """Tile sizes and launch options of ``_cv_fwd_kernel`` (with groups all rows in one tile, fewer pixels)."""
     wide = dtype != torch.float32  # 16-bit tiles: twice the channels per step
     if grouped:
@@ -263,8 +261,8 @@ def fwd_meta(R: int, C: int, HW: int, dtype: torch.dtype, grouped: bool) -> dict
         warps = 4 if br <= 128 else 8 if br <= 256 else 16
     else:
         br = min(64, _pow2(R))
-        bp = min(64, _pow2(HW)) if not INTERPRET else min(128, _pow2(HW))
-        bc = 64 if wide or INTERPRET else 32
+        bp = min(64, _pow2(HW)) if not interpret else min(128, _pow2(HW))
+        bc = 64 if wide or interpret else 32
         warps = 4
     return {"BLOCK_P": bp, "BLOCK_R": br, "BLOCK_C": bc, "num_warps": warps, "num_stages": 2}
 
@@ -274,24 +272,27 @@ def _ieee(dtype: torch.dtype, precision: str | None) -> bool:
     return dtype == torch.float32 and (precision or fp32_precision()) == "ieee"
 
 
-def groups_bwd_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None) -> dict:
+def groups_bwd_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None,
+                    interpret: bool = INTERPRET) -> dict:
     """All rows, 16 pixels: the (BLOCK_R, BLOCK_P) scores, weights and gradients stay live across the C loop."""
     br = _pow2(R)
     ieee = _ieee(dtype, precision)
-    return {"BLOCK_P": 16 if not INTERPRET else 64, "BLOCK_R": br, "BLOCK_C": max(16, min(64, 2048 // br)),
+    return {"BLOCK_P": 16 if not interpret else 64, "BLOCK_R": br, "BLOCK_C": max(16, min(64, 2048 // br)),
             "num_warps": (4 if br <= 128 else 8) * (2 if ieee and br <= 128 else 1),
             "num_stages": 1 if ieee and br > 128 else 2}
 
 
-def dx_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None) -> dict:
-    return {"BLOCK_P": min(64, _pow2(HW)) if not INTERPRET else min(128, _pow2(HW)), "BLOCK_R": min(32, _pow2(R)),
+def dx_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None,
+            interpret: bool = INTERPRET) -> dict:
+    return {"BLOCK_P": min(64, _pow2(HW)) if not interpret else min(128, _pow2(HW)), "BLOCK_R": min(32, _pow2(R)),
             "BLOCK_C": 32 if _ieee(dtype, precision) else 64, "num_warps": 8 if dtype == torch.float32 else 4,
             "num_stages": 2}
 
 
-def dt_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None) -> dict:
+def dt_meta(R: int, C: int, HW: int, dtype: torch.dtype, precision: str | None = None,
+            interpret: bool = INTERPRET) -> dict:
     ieee = _ieee(dtype, precision)
-    return {"BLOCK_P": 32 if not INTERPRET else min(128, _pow2(HW)), "BLOCK_R": min(64, _pow2(R)),
+    return {"BLOCK_P": 32 if not interpret else min(128, _pow2(HW)), "BLOCK_R": min(64, _pow2(R)),
             "BLOCK_C": 32 if ieee else 64, "num_warps": 8 if ieee else 4, "num_stages": 2}
 
 
@@ -302,7 +303,7 @@ def _flags(dtype: torch.dtype) -> dict:
 def _check(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None, num_classes: int) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
         raise ValueError(f"{OP} (triton): argument 'image' must be a 4-D tensor (B, C, H, W)")
-    if image.dtype not in _DTYPES:
+    if image.dtype not in DTYPES:
         raise TypeError(f"{OP} (triton): argument 'image' must be float32/float16/bfloat16, got {image.dtype}")
     if image.device.type != "cuda" and not (INTERPRET and image.device.type == "cpu"):
         raise ValueError(f"{OP} (triton): argument 'image' must be a CUDA tensor (CPU tensors only under "
@@ -330,31 +331,41 @@ def _image_args(image: torch.Tensor) -> tuple[int, ...]:
     return c, w, h * w, sb, sc, sh, sw
 
 
-def cost_volume_fwd(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None,
-                    num_classes: int) -> torch.Tensor:
-    """(B, K, H, W) cosine scores of image (B, C, H, W) with unit text rows (R, C); concept max with groups."""
+def _check_buffer(name: str, t: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
+    """An output written in place: contiguous, of ``shape``, with the dtype and device of ``like``."""
+    if tuple(t.shape) != shape or t.dtype != like.dtype or t.device != like.device or not t.is_contiguous():
+        raise ValueError(f"{OP} (triton): argument '{name}' must be a contiguous {like.dtype} tensor of shape {shape} "
+                         f"on {like.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+def forward(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None, num_classes: int,
+            out: torch.Tensor) -> None:
+    """Writes ``out`` (B, K, H, W): cosine scores of image (B, C, H, W) with unit text rows (R, C); concept max with
+    groups (K = num_classes, else K = R)."""
     _check(image, text, groups, num_classes)
     b, c, h, w = image.shape
     r, hw = text.shape[0], h * w
     k = num_classes if groups is not None else r
-    out = _common.empty((b, k, h, w), image.dtype, image.device)
+    _check_buffer("out", out, (b, k, h, w), image)
     if out.numel() == 0:
-        return out
+        return
     text = text.contiguous()
     meta = fwd_meta(r, c, hw, image.dtype, groups is not None)
     grid = (triton.cdiv(hw, meta["BLOCK_P"]), 1 if groups is not None else triton.cdiv(r, meta["BLOCK_R"]), b)
     cc, ww, hw_, sb, sc, sh, sw = _image_args(image)
     _cv_fwd_kernel[grid](image, text, groups if groups is not None else text, out, cc, ww, hw_, r, k, sb, sc, sh, sw,
                          EPS, HAS_GROUPS=groups is not None, **meta, **_flags(image.dtype))
-    return out
 
 
-def cost_volume_bwd(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None,
-                    num_classes: int, out: torch.Tensor, need_image: bool,
-                    need_text: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (image (B, C, H, W), text (R, C)) for the upstream grad (B, K, H, W); (0,) tensors if not needed.
+def backward(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None,
+             num_classes: int, out: torch.Tensor, grad_image: torch.Tensor | None, grad_text: torch.Tensor | None,
+             duplicates: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Writes ``grad_image`` (B, C, H, W) and/or ``grad_text`` (R, C) (None: not needed) for the upstream grad
+    (B, K, H, W).
 
-    ``out`` is the forward output (used for sum_r g_r s_r without groups).
+    ``out`` is the forward output (used for sum_r g_r s_r without groups). With groups, ``duplicates`` = (first
+    identical row of the same class, how many rows share it), both (R,) int64, as
+    ``semivl_fast.ops.cost_volume.duplicate_rows`` gives them.
     """
     _check(image, text, groups, num_classes)
     b, c, h, w = image.shape
@@ -363,17 +374,22 @@ def cost_volume_bwd(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
     if grad.shape != (b, k, h, w) or out.shape != (b, k, h, w):
         raise ValueError(f"{OP} (triton): arguments 'grad' and 'out' must have shape {(b, k, h, w)}, got "
                          f"{tuple(grad.shape)} and {tuple(out.shape)}")
-    dev, dt = image.device, image.dtype
-    gx = _common.empty((b, c, h, w), dt, dev) if need_image else torch.empty((0,), dtype=dt, device=dev)
-    gt = _common.empty((r, c), dt, dev) if need_text else torch.empty((0,), dtype=dt, device=dev)
+    if grad_image is not None:
+        _check_buffer("grad_image", grad_image, (b, c, h, w), image)
+    if grad_text is not None:
+        _check_buffer("grad_text", grad_text, (r, c), image)
+    if groups is not None and (duplicates is None or any(t.shape != (r,) for t in duplicates)):
+        raise ValueError(f"{OP} (triton): with groups, argument 'duplicates' must be two ({r},) tensors "
+                         "(semivl_fast.ops.cost_volume.duplicate_rows)")
+    need_image, need_text = grad_image is not None, grad_text is not None
     if not (need_image or need_text):
-        return gx, gt
+        return
     if b * hw == 0 or c == 0:
-        if need_image:
-            gx.zero_()
-        if need_text:
-            gt.zero_()
-        return gx, gt
+        for t in (grad_image, grad_text):
+            if t is not None:
+                t.zero_()
+        return
+    dev, dt = image.device, image.dtype
     grad = grad.to(dt).contiguous()
     text = text.contiguous()
     cc, ww, hw_, sb, sc, sh, sw = _image_args(image)
@@ -382,8 +398,8 @@ def cost_volume_bwd(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
         meta = dx_meta(r, c, hw, dt)
         rn = torch.empty((b, hw), dtype=torch.float32, device=dev) if need_text else grad
         _cv_bwd_dx_kernel[(triton.cdiv(hw, meta["BLOCK_P"]), b)](
-            grad, image, text, out.contiguous(), gx if need_image else grad, rn, cc, ww, hw_, r, sb, sc, sh, sw, EPS,
-            NEED_IMAGE=need_image, NEED_TEXT=need_text, **meta, **flags)
+            grad, image, text, out.contiguous(), grad_image if need_image else grad, rn, cc, ww, hw_, r, sb, sc, sh,
+            sw, EPS, NEED_IMAGE=need_image, NEED_TEXT=need_text, **meta, **flags)
         if need_text:
             meta = dt_meta(r, c, hw, dt)
             n_ptiles = triton.cdiv(hw, meta["BLOCK_P"])
@@ -393,27 +409,24 @@ def cost_volume_bwd(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
             part = torch.empty((split, r, c), dtype=torch.float32, device=dev)
             _cv_bwd_dt_kernel[(triton.cdiv(r, meta["BLOCK_R"]), triton.cdiv(c, meta["BLOCK_C"]), split)](
                 grad, image, rn, part, cc, ww, hw_, r, n_tiles, n_ptiles, sb, sc, sh, sw, split, **meta, **flags)
-            gt.copy_(part.sum(0))
-        return gx, gt
-    from semivl_fast.ops.cost_volume import duplicate_rows
-
-    rep, mult = duplicate_rows(text, groups)
+            grad_text.copy_(part.sum(0))
+        return
+    rep, mult = duplicates
     representative = rep == torch.arange(r, device=dev)
     meta = groups_bwd_meta(r, c, hw, dt)
     n_ptiles = triton.cdiv(hw, meta["BLOCK_P"])
     n_tiles = b * n_ptiles
     nprog = min(n_tiles, 4 if INTERPRET else 64) if need_text else n_tiles
     part = torch.zeros((nprog, r, c), dtype=torch.float32, device=dev) if need_text else grad
-    args = (grad, image, text, torch.where(representative, groups, -1), mult.float(), gx if need_image else grad,
-            part, cc, ww, hw_, r, num_classes, n_tiles, n_ptiles, sb, sc, sh, sw, EPS)
+    args = (grad, image, text, torch.where(representative, groups, -1), mult.float(),
+            grad_image if need_image else grad, part, cc, ww, hw_, r, num_classes, n_tiles, n_ptiles, sb, sc, sh, sw,
+            EPS)
     # one launch per gradient: each recomputes the scores, but holds half the live registers
     if need_image:
         _cv_bwd_groups_kernel[(n_tiles,)](*args, n_tiles, NEED_IMAGE=True, NEED_TEXT=False, **meta, **flags)
     if need_text:
         _cv_bwd_groups_kernel[(nprog,)](*args, nprog, NEED_IMAGE=False, NEED_TEXT=True, **meta, **flags)
-    if need_text:  # a representative's gradient covers all its copies: share it out
-        gt.copy_(part.sum(0)[rep] / mult[:, None])
-    return gx, gt
+        grad_text.copy_(part.sum(0)[rep] / mult[:, None])  # a representative's gradient covers all its copies
 
 
 # ------------------------------------------------------------------------------------------------------------- AOT
@@ -426,20 +439,21 @@ def _spec(name: str, kernel, sig: dict[str, str], meta: dict, **constexprs) -> A
 
 
 def _aot_specs() -> list[AotSpec]:
-    """The kernels at the benchmark shapes (kernels.md §1, §4): SemiVL decoder C=512, 32x32 / 51x51, N=21/150 in
-    bf16 and fp32; guidance MaskCLIP 98 / 171 concept rows with groups; ViL-Seg C=64, 12x12, K=64."""
+    """The kernels at the benchmark shapes (kernels.md §1, §4) with the GPU's tile sizes: SemiVL decoder C=512,
+    32x32 / 51x51, N=21/150 in bf16 and fp32; guidance MaskCLIP 98 / 171 concept rows with groups; ViL-Seg C=64,
+    12x12, K=64."""
     specs = []
     img = lambda t: {"x_ptr": t}
     i32 = "i32"
     dims = {"C": i32, "W": i32, "HW": i32, "R": i32}
     strides = {"sxb": i32, "sxc": i32, "sxh": i32, "sxw": i32}
     for dtype, prec in ((torch.float32, "tf32"), (torch.float32, "ieee"), (torch.bfloat16, "tf32")):
-        t = "*" + _DTYPES[dtype]
-        suffix = _DTYPES[dtype] + ("_ieee" if prec == "ieee" else "")  # ieee: SEMIVL_FAST_TF32=0
+        t = "*" + DOT_DTYPES[dtype]
+        suffix = DOT_DTYPES[dtype] + ("_ieee" if prec == "ieee" else "")  # ieee: SEMIVL_FAST_TF32=0
         for r, c, hw, grouped, tag in ((21, 512, 1024, False, "voc"), (150, 512, 2601, False, "ade"),
                                        (64, 64, 144, False, "vilseg"), (98, 512, 1024, True, "voc98"),
                                        (171, 512, 1024, True, "concepts171")):
-            fm = fwd_meta(r, c, hw, dtype, grouped)
+            fm = fwd_meta(r, c, hw, dtype, grouped, interpret=False)
             flags = {"UPCAST": False, "PRECISION": prec}
             specs.append(_spec(f"cv_fwd_{tag}_{suffix}", _cv_fwd_kernel,
                                {**img(t), "t_ptr": t, "g_ptr": "*i64", "out_ptr": t, **dims, "K": i32, **strides,
@@ -450,17 +464,18 @@ def _aot_specs() -> list[AotSpec]:
                                        {"go_ptr": t, **img(t), "t_ptr": t, "g_ptr": "*i64", "mult_ptr": "*fp32",
                                         "gx_ptr": t, "part_ptr": "*fp32", **dims, "K": i32, "n_tiles": i32,
                                         "n_ptiles": i32, **strides, "eps": "fp32", "NPROG": i32},
-                                       groups_bwd_meta(r, c, hw, dtype, prec), NEED_IMAGE=need_image,
-                                       NEED_TEXT=not need_image, **flags))
+                                       groups_bwd_meta(r, c, hw, dtype, prec, interpret=False),
+                                       NEED_IMAGE=need_image, NEED_TEXT=not need_image, **flags))
                 continue
             specs.append(_spec(f"cv_bwd_dx_{tag}_{suffix}", _cv_bwd_dx_kernel,
                                {"go_ptr": t, **img(t), "t_ptr": t, "out_ptr": t, "gx_ptr": t, "rn_ptr": "*fp32",
-                                **dims, **strides, "eps": "fp32"}, dx_meta(r, c, hw, dtype, prec), NEED_IMAGE=True,
-                               NEED_TEXT=True, **flags))
+                                **dims, **strides, "eps": "fp32"}, dx_meta(r, c, hw, dtype, prec, interpret=False),
+                               NEED_IMAGE=True, NEED_TEXT=True, **flags))
             specs.append(_spec(f"cv_bwd_dt_{tag}_{suffix}", _cv_bwd_dt_kernel,
                                {"go_ptr": t, **img(t), "rn_ptr": "*fp32", "part_ptr": "*fp32", **dims, "n_tiles": i32,
-                                "n_ptiles": i32, **strides, "SPLIT": i32}, dt_meta(r, c, hw, dtype, prec), **flags))
+                                "n_ptiles": i32, **strides, "SPLIT": i32},
+                               dt_meta(r, c, hw, dtype, prec, interpret=False), **flags))
     return specs
 
 
-AOT_SPECS: list[AotSpec] = [] if INTERPRET else _aot_specs()
+AOT_SPECS: list[AotSpec] = _aot_specs()

@@ -1,36 +1,24 @@
-"""Class attention: every face (reference, C++ CPU per instruction set, Triton under the interpreter) against the
-reference, forward and backward; gradcheck; odd sizes and strides; poisoned outputs; errors; opcheck;
-torch.compile; the AOT specs at the decoder's shapes."""
+"""Class attention: every face (reference, C++ CPU per instruction set, Triton under the interpreter, SDPA, xformers
+on a GPU) against the reference, forward and backward; gradcheck; odd sizes and strides; poisoned outputs; the face
+choice; errors; opcheck; torch.compile; the AOT specs at the decoder's shapes."""
 
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import semivl_fast
-from semivl_fast.kernels import INTERPRET
 from semivl_fast.ops import _common
-from semivl_fast.ops.class_attention import (
-    _backward_reference,
-    _forward_reference,
-    class_attention,
-    class_attention_reference,
-)
+from semivl_fast.ops.class_attention import OP, class_attention, class_attention_reference
 
+from faces import TRITON_DEVICE, aot_kernels, device_of, face, jit_kernels, needs, use_face
 from tolerances import assert_close, tol
 
-needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
-needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
-                                  reason="needs a GPU or TRITON_INTERPRET=1")
 CA = importlib.import_module("semivl_fast.ops.class_attention")  # the module (the package exports the function)
-ENV = "SEMIVL_FAST_BACKEND_CLASS_ATTENTION"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = TRITON_DEVICE
 SIZES_N = [1, 19, 21, 150, 171]
 
 
@@ -54,7 +42,7 @@ def _naive(qkv, h, scale=None):
 
 
 def _fwd_bwd(face, qkv_leaf, view_fn, h, grad_out, monkeypatch):
-    monkeypatch.setenv(ENV, face)
+    use_face(monkeypatch, OP, face)
     out = class_attention(view_fn(qkv_leaf), h)
     (grad,) = torch.autograd.grad(out, qkv_leaf, grad_out)
     return out, grad
@@ -71,23 +59,26 @@ def test_reference_matches_naive_float64(n):
                                rtol=1e-12)
 
 
-def test_reference_gradcheck_and_explicit_backward():
+def test_reference_gradcheck():
     qkv = _qkv(2, 5, 2, 3, torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: class_attention_reference(x, 2), (qkv,))
-    # the explicit backward formula that the kernels implement equals autograd of the reference
-    out, lse = _forward_reference(qkv.detach(), 2, 3**-0.5)
-    go = torch.randn_like(out)
-    (expected,) = torch.autograd.grad(class_attention_reference(qkv, 2), qkv, go)
-    torch.testing.assert_close(_backward_reference(go, qkv.detach(), out, lse, 2, 3**-0.5), expected, atol=1e-12,
-                               rtol=1e-12)
-    q, k, _ = qkv.detach().unflatten(-1, (3, 2, 3)).permute(2, 0, 3, 1, 4).unbind(0)  # (S, H, N, D) each
+
+
+@needs("cpp")
+def test_cpp_saves_the_row_logsumexp(monkeypatch):
+    """What the custom op saves for its backward: out and lse = logsumexp(scale q kᵀ) per row, float64 exact."""
+    use_face(monkeypatch, OP, "cpp")
+    qkv = _qkv(2, 5, 2, 3, torch.float64)
+    out, lse = torch.ops.semivl_fast.class_attention(qkv, 2, 3**-0.5)
+    torch.testing.assert_close(out, class_attention_reference(qkv, 2), atol=1e-12, rtol=1e-12)
+    q, k, _ = qkv.unflatten(-1, (3, 2, 3)).permute(2, 0, 3, 1, 4).unbind(0)  # (S, H, N, D) each
     torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 3**-0.5, -1), atol=1e-12, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------------------ C++ face
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("n", "h", "d"), [(1, 2, 64), (19, 4, 64), (21, 4, 64), (150, 2, 64), (171, 1, 64),
@@ -102,7 +93,7 @@ def test_cpp_matches_reference(n, h, d, dtype, isa, monkeypatch):
     assert_close(grad, gref, "cpp", dtype, "grad qkv")
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n", [21, 150])
 def test_cpp_half_precision(n, dtype, monkeypatch):
@@ -115,15 +106,15 @@ def test_cpp_half_precision(n, dtype, monkeypatch):
     assert_close(grad.float(), gref.float(), "cpp", dtype, "grad qkv")
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize(("n", "h", "d"), [(1, 2, 3), (5, 2, 3), (19, 1, 7)])
 def test_cpp_gradcheck_float64(n, h, d, monkeypatch):
-    monkeypatch.setenv(ENV, "cpp")
+    use_face(monkeypatch, OP, "cpp")
     qkv = _qkv(2, n, h, d, torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: class_attention(x, h), (qkv,))
 
 
-@needs_ext
+@needs("cpp")
 def test_cpp_reports_its_instruction_set(monkeypatch):
     isa = torch.ops.semivl_fast_C.class_attention_cpu_isa
     assert isa() in ("generic", "avx2", "avx512")
@@ -137,7 +128,7 @@ def test_cpp_reports_its_instruction_set(monkeypatch):
 # --------------------------------------------------------------------------------------------------------- Triton face
 
 
-@needs_triton
+@needs("triton")
 @pytest.mark.parametrize(("n", "h", "d"), [(1, 2, 64), (19, 2, 64), (21, 2, 64), (150, 2, 64), (171, 1, 64),
                                            (21, 3, 7), (33, 2, 24)])
 def test_triton_matches_reference_fp32(n, h, d, monkeypatch):
@@ -150,7 +141,7 @@ def test_triton_matches_reference_fp32(n, h, d, monkeypatch):
     assert_close(grad, gref, "triton", torch.float32, "grad qkv")
 
 
-@needs_triton
+@needs("triton")
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("n", [21, 150])
 def test_triton_half_precision(n, dtype, monkeypatch):
@@ -173,26 +164,15 @@ def test_triton_half_precision(n, dtype, monkeypatch):
 
 # ----------------------------------------------------------------------------------------- strides, poison, dispatch
 
-
-def _faces():
-    faces = ["reference"]
-    if semivl_fast.has_ext():
-        faces.append("cpp")
-    if INTERPRET or torch.cuda.is_available():
-        faces.append("triton")
-    return faces
+FACES = ["reference", "cpp", "triton", "sdpa", "xformers"]
 
 
-def _device(face):
-    return DEVICE if face == "triton" else "cpu"
-
-
-@pytest.mark.parametrize("face", _faces())
+@pytest.mark.parametrize("face", [face(f) for f in FACES])
 def test_non_contiguous_inputs_and_grads(face, monkeypatch):
     """A slice of a wider projection, a (N, S)-major tensor seen as (S, N), a non-unit last stride, and a
     non-contiguous upstream gradient."""
     s, n, h, d = 3, 19, 2, 16
-    dev = _device(face)
+    dev = device_of(face)
     cases = {
         "slice": (torch.randn(s, n, 3 * h * d + 10, device=dev), lambda x: x[..., 5:5 + 3 * h * d]),
         "n_major": (torch.randn(n, s, 3 * h * d, device=dev), lambda x: x.transpose(0, 1)),
@@ -208,31 +188,31 @@ def test_non_contiguous_inputs_and_grads(face, monkeypatch):
         assert_close(grad, gref, face, torch.float32, f"grad ({name})")
 
 
-@pytest.mark.parametrize("face", [f for f in _faces() if f != "reference"])
+@pytest.mark.parametrize("face", [face("cpp"), face("triton")])
 def test_outputs_fully_written_over_poison(face, monkeypatch):
     """Outputs start as NaN (conftest poisons every kernel output): padding rows/columns and tails must all be
     written, including N = 1 and N, D that are not multiples of any tile or vector width."""
     assert _common._POISON
     for n, h, d in ((1, 1, 5), (17, 3, 7), (171, 1, 24)):
-        dev = _device(face)
+        dev = device_of(face)
         leaf = _qkv(2, n, h, d, torch.float32, dev).requires_grad_()
         out, grad = _fwd_bwd(face, leaf, lambda x: x, h, torch.randn(2, n, h * d, device=dev), monkeypatch)
         assert torch.isfinite(out).all() and torch.isfinite(grad).all(), (face, n, h, d)
 
 
 def test_auto_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv("SEMIVL_FAST_BACKEND", raising=False)
+    monkeypatch.delenv(f"{_common.ENV}_CLASS_ATTENTION", raising=False)
+    monkeypatch.delenv(_common.ENV, raising=False)
     expected = "cpp" if semivl_fast.has_ext() else "reference"
-    assert _common.backend("class_attention", torch.device("cpu"), ("cpp", "triton")) == expected
+    assert CA.select_face(torch.device("cpu"), torch.float64, 300, 256) == expected
 
 
 @pytest.fixture
 def auto_backend(monkeypatch):
     """The auto backend, with Triton importable (the choice is pure logic: no GPU needed)."""
-    pytest.importorskip("triton")  # supports() lives in the Triton kernels' module
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv("SEMIVL_FAST_BACKEND", raising=False)
+    pytest.importorskip("triton")  # the limits live in the Triton kernels' module
+    monkeypatch.delenv(f"{_common.ENV}_CLASS_ATTENTION", raising=False)
+    monkeypatch.delenv(_common.ENV, raising=False)
     monkeypatch.setattr(_common, "has_triton", lambda: True)
 
 
@@ -246,43 +226,54 @@ def auto_backend(monkeypatch):
     (torch.float64, 300, 64, False, "reference"),
 ])
 def test_gpu_dispatch_choice(dtype, n, d, xformers, want, auto_backend, monkeypatch):
-    monkeypatch.setattr(CA, "_HAS_XFORMERS", xformers)
-    assert CA._path(torch.device("cuda"), dtype, n, d) == want
+    monkeypatch.setattr(_common, "has_xformers", lambda: xformers)
+    assert CA.select_face(torch.device("cuda"), dtype, n, d) == want
 
 
-def test_dispatch_choice_without_triton_on_cpu_and_forced(auto_backend, monkeypatch):
+def test_dispatch_choice_without_triton_and_forced(auto_backend, monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert CA._path(cpu, torch.float64, 300, 256) == ("cpp" if semivl_fast.has_ext() else "reference")
     monkeypatch.setattr(_common, "has_triton", lambda: False)
-    assert CA._path(cuda, torch.float32, 21, 64) == "reference"  # no CUDA C++ face for this op
-    monkeypatch.setenv(ENV, "triton")
-    assert CA._path(cuda, torch.float64, 21, 64) == "reference"
-    assert CA._path(cuda, torch.float32, 300, 64) == "sdpa"
-    assert CA._path(cpu, torch.float64, 21, 64) == "triton"  # the interpreter gets what it is asked for
-    monkeypatch.setenv(ENV, "reference")
-    assert CA._path(cuda, torch.float16, 21, 64) == "reference"
+    assert CA.select_face(cuda, torch.float32, 21, 64) == "reference"  # no CUDA C++ face for this op
+    monkeypatch.setattr(_common, "has_triton", lambda: True)
+    monkeypatch.setattr(_common, "INTERPRET", True)
+    monkeypatch.setattr(_common, "has_xformers", lambda: True)
+    use_face(monkeypatch, OP, "triton")  # a forced Triton face keeps the kernels' limits, on every device
+    assert CA.select_face(cuda, torch.float64, 21, 64) == "reference"
+    assert CA.select_face(cuda, torch.float32, 300, 64) == "xformers"
+    assert CA.select_face(cpu, torch.float32, 21, 64) == "triton"  # the interpreter
+    assert CA.select_face(cpu, torch.float64, 21, 64) == "reference"
+    assert CA.select_face(cpu, torch.float32, 300, 64) == "sdpa"  # xformers runs on CUDA only
+    use_face(monkeypatch, OP, "reference")
+    assert CA.select_face(cuda, torch.float16, 21, 64) == "reference"
+    use_face(monkeypatch, OP, "sdpa")
+    assert CA.select_face(cpu, torch.float64, 21, 64) == "sdpa"
+    use_face(monkeypatch, OP, "xformers")
+    with pytest.raises(RuntimeError, match="the xformers face runs on CUDA tensors, got cpu"):
+        CA.select_face(cpu)
+    monkeypatch.setattr(_common, "has_xformers", lambda: False)
+    with pytest.raises(RuntimeError, match="xformers is not installed"):
+        CA.select_face(cuda)
 
 
-@pytest.mark.parametrize("library", ["sdpa", pytest.param("xformers", marks=pytest.mark.skipif(
-    not CA._HAS_XFORMERS, reason="xformers not installed"))])
-def test_library_path_matches_reference(library, monkeypatch):
-    """What class_attention runs for shapes Triton does not take, here on CPU: forward and backward."""
-    dev = DEVICE if library == "xformers" else "cpu"
+@pytest.mark.parametrize("library", [face("sdpa"), face("xformers")])
+def test_library_faces_match_reference(library, monkeypatch):
+    """What class_attention runs for shapes Triton does not take (SDPA also forced on CPU): forward and backward,
+    autograd through the library kernel."""
+    dev = device_of(library)
     leaf = _qkv(2, 37, 2, 16, torch.float32, dev).requires_grad_()
     go = torch.randn(2, 37, 32, device=dev)
     ref, gref = _fwd_bwd("reference", leaf, lambda x: x, 2, go, monkeypatch)
-    monkeypatch.setattr(CA, "_path", lambda *a: library)
-    out, grad = _fwd_bwd("cpp", leaf, lambda x: x, 2, go, monkeypatch)
-    assert_close(out, ref, "library", torch.float32, "out")
-    assert_close(grad, gref, "library", torch.float32, "grad qkv")
+    out, grad = _fwd_bwd(library, leaf, lambda x: x, 2, go, monkeypatch)
+    assert_close(out, ref, library, torch.float32, "out")
+    assert_close(grad, gref, library, torch.float32, "grad qkv")
 
 
 # --------------------------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("face", _faces())
+@pytest.mark.parametrize("face", [face(f) for f in FACES])
 def test_bad_arguments_name_the_argument(face, monkeypatch):
-    monkeypatch.setenv(ENV, face)
+    use_face(monkeypatch, OP, face)
     good = torch.randn(2, 5, 3 * 2 * 4)
     with pytest.raises(ValueError, match="'qkv' must be 3-D"):
         class_attention(good[0], 2)
@@ -298,86 +289,84 @@ def test_bad_arguments_name_the_argument(face, monkeypatch):
         class_attention(good, 2, scale=float("nan"))
 
 
-@needs_ext
-def test_cpp_face_rejects_other_devices():
-    """Forward and backward face on non-CPU tensors (meta: the custom op itself would run its fake kernel)."""
-    qkv, out = torch.randn(2, 5, 24, device="meta"), torch.randn(2, 5, 8, device="meta")
-    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
-        CA._forward_cpp(qkv, 2, 1.0)
-    with pytest.raises(ValueError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
-        CA._backward_cpp(out, qkv, out, torch.randn(2, 2, 5, device="meta"), 2, 1.0)
+@needs("cpp")
+def test_cpp_face_rejects_other_devices(monkeypatch):
+    """A forced C++ face on non-CPU tensors: select_face, which the public function and both custom ops call, says
+    why (meta tensors: the custom op itself would run its fake kernel)."""
+    use_face(monkeypatch, OP, "cpp")
+    with pytest.raises(RuntimeError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        class_attention(torch.randn(2, 5, 24, device="meta"), 2)
+    with pytest.raises(RuntimeError, match=r"the C\+\+ face runs on CPU tensors, got meta"):
+        CA.select_face(torch.device("meta"))
 
 
-@needs_ext
+@needs("cpp")
 def test_raw_cpp_ops_check_their_arguments():
     op = torch.ops.semivl_fast_C
     q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
     out, lse = torch.empty(2, 3, 5, 8), torch.empty(2, 3, 5)
     with pytest.raises(RuntimeError, match="argument 'q' must have unit stride along D"):
-        op.class_attention_fwd_(q.transpose(2, 3), k, v, 1.0, out, lse)
+        op.class_attention_forward_(q.transpose(2, 3), k, v, 1.0, out, lse)
     with pytest.raises(RuntimeError, match="argument 'k' must have the shape of 'q'"):
-        op.class_attention_fwd_(q, k[:, :, :4], v, 1.0, out, lse)
+        op.class_attention_forward_(q, k[:, :, :4], v, 1.0, out, lse)
     with pytest.raises(RuntimeError, match="argument 'v' must have the dtype of 'q'"):
-        op.class_attention_fwd_(q, k, v.double(), 1.0, out, lse)
+        op.class_attention_forward_(q, k, v.double(), 1.0, out, lse)
     with pytest.raises(RuntimeError, match="argument 'lse' must be Float"):
-        op.class_attention_fwd_(q, k, v, 1.0, out, lse.double())
+        op.class_attention_forward_(q, k, v, 1.0, out, lse.double())
     with pytest.raises(RuntimeError, match="argument 'lse' must have shape"):
-        op.class_attention_fwd_(q, k, v, 1.0, out, lse[:, :2])
+        op.class_attention_forward_(q, k, v, 1.0, out, lse[:, :2])
     with pytest.raises(RuntimeError, match="argument 'q' must be float64/float32/float16/bfloat16"):
-        op.class_attention_fwd_(q.int(), k.int(), v.int(), 1.0, out.int(), lse)
+        op.class_attention_forward_(q.int(), k.int(), v.int(), 1.0, out.int(), lse)
     g = [torch.empty_like(q) for _ in range(3)]
     with pytest.raises(RuntimeError, match="argument 'grad_k' must have the shape of 'q'"):
-        op.class_attention_bwd_(out, q, k, v, out, lse, 1.0, g[0], g[1][:1], g[2])
+        op.class_attention_backward_(out, q, k, v, out, lse, 1.0, g[0], g[1][:1], g[2])
     with pytest.raises(RuntimeError, match="argument 'grad_out' must have unit stride along D"):
-        op.class_attention_bwd_(out.transpose(2, 3).contiguous().transpose(2, 3), q, k, v, out, lse, 1.0, *g)
+        op.class_attention_backward_(out.transpose(2, 3).contiguous().transpose(2, 3), q, k, v, out, lse, 1.0, *g)
 
 
-@needs_triton
+@needs("triton")
 def test_triton_launcher_checks_its_arguments():
-    from semivl_fast.kernels.class_attention import class_attention_bwd, class_attention_fwd
+    from semivl_fast.kernels.class_attention import backward, forward  # lazy: imports triton (the test needs it)
 
     q, k, v = (torch.randn(2, 3, 5, 8, device=DEVICE) for _ in range(3))
     out, lse = torch.empty(2, 3, 5, 8, device=DEVICE), torch.empty(2, 3, 5, device=DEVICE)
     with pytest.raises(TypeError, match="'q' must be float32, float16 or bfloat16"):
-        class_attention_fwd(q.double(), k.double(), v.double(), out.double(), lse, 1.0)
+        forward(q.double(), k.double(), v.double(), out.double(), lse, 1.0)
     with pytest.raises(ValueError, match="do not fit one key tile"):
         big = torch.randn(1, 1, 300, 8, device=DEVICE)
-        class_attention_fwd(big, big, big, big.clone(), torch.empty(1, 1, 300, device=DEVICE), 1.0)
+        forward(big, big, big, big.clone(), torch.empty(1, 1, 300, device=DEVICE), 1.0)
     with pytest.raises(ValueError, match="argument 'v' must match 'q'"):
-        class_attention_fwd(q, k, v[:1], out, lse, 1.0)
+        forward(q, k, v[:1], out, lse, 1.0)
     with pytest.raises(ValueError, match="argument 'out' must have unit stride along D"):
-        class_attention_fwd(q, k, v, out.transpose(2, 3).contiguous().transpose(2, 3), lse, 1.0)
+        forward(q, k, v, out.transpose(2, 3).contiguous().transpose(2, 3), lse, 1.0)
     with pytest.raises(ValueError, match="argument 'lse' must be a contiguous float32"):
-        class_attention_fwd(q, k, v, out, lse.double(), 1.0)
+        forward(q, k, v, out, lse.double(), 1.0)
     with pytest.raises(ValueError, match=r"argument 'k' must match 'q' .*, got \(.*meta\)"):
-        class_attention_fwd(q, k.to("meta"), v, out, lse, 1.0)
+        forward(q, k.to("meta"), v, out, lse, 1.0)
     with pytest.raises(ValueError, match=r"argument 'lse' must be a contiguous float32 .* on meta"):
-        class_attention_fwd(q, k, v, out, lse.to("meta"), 1.0)
+        forward(q, k, v, out, lse.to("meta"), 1.0)
     grads = [torch.empty_like(q) for _ in range(3)]
     with pytest.raises(ValueError, match=r"argument 'grad_out' must match 'q' .*, got \(.*meta\)"):
-        class_attention_bwd(out.to("meta"), q, k, v, out, lse, 1.0, *grads, torch.empty_like(lse))
+        backward(out.to("meta"), q, k, v, out, lse, 1.0, *grads, torch.empty_like(lse))
 
 
-def test_float64_on_triton_is_a_clear_error(monkeypatch):
-    if not (INTERPRET or torch.cuda.is_available()):
-        pytest.skip("needs Triton")
-    monkeypatch.setenv(ENV, "triton")
+@needs("triton")
+def test_float64_with_triton_forced_runs_the_reference(monkeypatch):
+    """float64, which the Triton kernels do not take (their launchers say so, above), runs the reference; the custom
+    op, which runs only kernel faces, says where it runs instead."""
+    use_face(monkeypatch, OP, "triton")
     qkv = torch.randn(2, 3, 12, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(TypeError, match="float64 runs on the C\\+\\+ and reference faces"):
-        torch.ops.semivl_fast.class_attention(qkv, 2, 0.5)  # the Triton face itself
-    if DEVICE == "cpu":  # the interpreter runs what it is asked to
-        with pytest.raises(TypeError, match="float64 runs on the C\\+\\+ and reference faces"):
-            class_attention(qkv, 2)
-    else:  # on CUDA, class_attention sends float64 to the reference (test_gpu_dispatch_choice)
-        torch.testing.assert_close(class_attention(qkv, 2), class_attention_reference(qkv, 2))
+    torch.testing.assert_close(class_attention(qkv, 2), class_attention_reference(qkv, 2))
+    with pytest.raises(RuntimeError, match=r"face 'reference' runs in semivl_fast.ops.class_attention\(\)"):
+        torch.ops.semivl_fast.class_attention(qkv, 2, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------- opcheck / compile
 
 
-@pytest.mark.parametrize("face", [f for f in _faces() if f != "triton"])  # opcheck traces fakes; triton on CPU is the
-def test_opcheck(face, monkeypatch):  # interpreter, which fake tensors cannot run (engineering.md §4.1)
-    monkeypatch.setenv(ENV, face)
+@needs("cpp")  # the custom op runs the kernel faces; opcheck's fake tensors cannot run the Triton interpreter
+def test_opcheck(monkeypatch):
+    use_face(monkeypatch, OP, "cpp")
     qkv = _qkv(2, 7, 2, 8).requires_grad_()
     torch.library.opcheck(torch.ops.semivl_fast.class_attention.default, (qkv, 2, 0.3))
     out, lse = torch.ops.semivl_fast.class_attention(qkv.detach(), 2, 0.3)
@@ -386,9 +375,9 @@ def test_opcheck(face, monkeypatch):  # interpreter, which fake tensors cannot r
 
 
 @pytest.mark.slow
-@needs_ext
-def test_torch_compile_fullgraph_forward_and_backward(monkeypatch):
-    monkeypatch.setenv(ENV, "cpp")
+@pytest.mark.parametrize("face", [face("cpp"), face("sdpa")])
+def test_torch_compile_fullgraph_forward_and_backward(face, monkeypatch):
+    use_face(monkeypatch, OP, face)
     proj = torch.nn.Linear(32, 96)
     x = torch.randn(6, 21, 32, requires_grad=True)
     fn = lambda t: class_attention(proj(t), 2).square().sum()
@@ -401,49 +390,34 @@ def test_torch_compile_fullgraph_forward_and_backward(monkeypatch):
 # --------------------------------------------------------------------------------------------------------------- AOT
 
 
-@pytest.mark.slow
-def test_aot_specs_at_decoder_shapes_compile_without_spills():
-    """S = 16·64 sequences, N = 21 / 150, H = 4, D = 64, bf16 and fp32: the specs use the launcher's config, and the
-    bf16 / TF32 ones compile for sm_80 / sm_90 with no spills and shared memory under the limit (subprocess: no
-    interpreter; the IEEE-fp32 specs compile in tests/test_gpu_compile.py with everything else)."""
-    code = (
-        "import torch\n"
-        "from semivl_fast.kernels import _aot\n"
-        "from semivl_fast.kernels import class_attention as ca\n"
-        "names = {s.name for s in ca.AOT_SPECS}\n"
-        "for n in (21, 150):\n"
-        "    for dt in ('bf16', 'fp32'):\n"
-        "        for k in ('fwd', 'bwd_dq', 'bwd_dkdv'):\n"
-        "            assert f'class_attention_{k}_N{n}_{dt}' in names, (k, n, dt)\n"
-        "dts = {'bf16': torch.bfloat16, 'fp32': torch.float32}\n"
-        "for s in ca.AOT_SPECS:\n"
-        "    _, kind, n, dt, *ieee = s.name.replace('class_attention_', 'x_').replace('bwd_', 'bwd').split('_')\n"
-        "    cfg = ca.config(int(n[1:]), 64, dts[dt], 'ieee' if ieee else 'tf32')\n"
-        "    c = s.constexprs\n"
-        "    want = {'fwd': (cfg['FWD_M'], cfg['FWD_WARPS']), 'bwddq': (cfg['BWD_M'], cfg['BWD_WARPS']),\n"
-        "            'bwddkdv': (cfg['BWD_M'], cfg['BWD_WARPS'])}[kind]\n"
-        "    assert (c.get('BLOCK_M', c.get('BLOCK_MB')), s.num_warps) == want, s.name\n"
-        "    assert c['GROUP'] == cfg['GROUP'] and s.num_stages == cfg['STAGES'] and c['ALIGNED'], s.name\n"
-        "bad = []\n"
-        "for spec in [s for s in ca.AOT_SPECS if not s.name.endswith('_ieee')]:  # all: tests/test_gpu_compile.py\n"
-        "    for arch in _aot.TARGETS:\n"
-        "        r = _aot.compile_spec(spec, arch)\n"
-        "        print(r)\n"
-        "        if not r.ok: bad.append(r)\n"
-        "assert not bad, bad\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+def test_aot_specs_at_decoder_shapes_use_the_launchers_config():
+    """S = 16·64 sequences, N = 21 / 150, H = 4, D = 64, bf16 and fp32 (TF32 and IEEE): every kernel has specs, with
+    the tile sizes, warps and stages the launcher picks (tests/test_gpu_compile.py compiles them)."""
+    ca = pytest.importorskip("semivl_fast.kernels.class_attention")
+    assert aot_kernels(ca) == jit_kernels(ca) == {"_ca_fwd_kernel", "_ca_bwd_dq_kernel", "_ca_bwd_dkdv_kernel"}
+    names = {s.name for s in ca.AOT_SPECS}
+    for n in (21, 150):
+        for dt in ("bf16", "fp32", "fp32_ieee"):
+            for kind in ("fwd", "bwd_dq", "bwd_dkdv"):
+                assert f"class_attention_{kind}_N{n}_{dt}" in names, (kind, n, dt)
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    for spec in ca.AOT_SPECS:
+        _, kind, n, dt, *ieee = spec.name.replace("class_attention_", "x_").replace("bwd_", "bwd").split("_")
+        cfg = ca.config(int(n[1:]), 64, dtypes[dt], "ieee" if ieee else "tf32")
+        c = spec.constexprs
+        want = {"fwd": (cfg["FWD_M"], cfg["FWD_WARPS"]), "bwddq": (cfg["BWD_M"], cfg["BWD_WARPS"]),
+                "bwddkdv": (cfg["BWD_M"], cfg["BWD_WARPS"])}[kind]
+        assert (c.get("BLOCK_M", c.get("BLOCK_MB")), spec.num_warps) == want, spec.name
+        assert c["GROUP"] == cfg["GROUP"] and spec.num_stages == cfg["STAGES"] and c["ALIGNED"], spec.name
 
 
 # ----------------------------------------------------------------------------------------------- decoder-shaped use
 
 
-@needs_ext
+@needs("cpp")
 def test_matches_multihead_attention_float64(monkeypatch):
     """What the decoder relies on: Linear qkv → op → Linear proj equals nn.MultiheadAttention (batch_first)."""
-    monkeypatch.setenv(ENV, "cpp")
+    use_face(monkeypatch, OP, "cpp")
     torch.manual_seed(3)
     mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).double()
     x = torch.randn(5, 21, 32, dtype=torch.float64)

@@ -4,9 +4,10 @@
 // operands are read and written in place through the views' row strides when they are float32/float64 with D a
 // multiple of the vector width (the decoder's case: D = 64); otherwise they are packed into aligned per-thread scratch
 // (half/bfloat16 converted to float, D padded with zeros) and unpacked after. The per-problem math is in
-// class_attention_cpu_kernel.h; scores and probabilities live in scratch, never in memory the size of S*H*N*N. The math header is compiled three times (AVX-512, AVX2+FMA, SSE2/NEON baseline) through GCC
-// target regions, because the extension is built without -march flags; the widest one the CPU supports runs
-// (SEMIVL_FAST_CPU_ISA=generic|avx2|avx512 caps it, for tests and comparisons).
+// class_attention_cpu_kernel.h; scores and probabilities live in scratch, never in memory the size of S*H*N*N. The
+// math header is compiled three times (AVX-512, AVX2+FMA, SSE2/NEON baseline) through GCC target regions, because
+// the extension is built without -march flags; the widest one the CPU supports runs (SEMIVL_FAST_CPU_ISA =
+// generic|avx2|avx512 caps it, for tests and comparisons).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -297,26 +298,26 @@ void backward_cpu_kernel(const at::Tensor& grad_out, const at::Tensor& q, const 
   });
 }
 
-void class_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-                             at::Tensor& out, at::Tensor& lse) {
-  check_class_attention_fwd_args(q, k, v, out, lse);
+void forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, at::Tensor& out,
+                 at::Tensor& lse) {
+  check_class_attention_forward_args(q, k, v, out, lse);
   if (q.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "class_attention_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "class_attention_forward_cpu", [&] {
     forward_cpu_kernel<scalar_t>(q, k, v, scale, out, lse);
   });
 }
 
-void class_attention_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-                             const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale,
-                             at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v) {
-  check_class_attention_bwd_args(grad_out, q, k, v, out, lse, grad_q, grad_k, grad_v);
+void backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& out, const at::Tensor& lse, double scale, at::Tensor& grad_q, at::Tensor& grad_k,
+                  at::Tensor& grad_v) {
+  check_class_attention_backward_args(grad_out, q, k, v, out, lse, grad_q, grad_k, grad_v);
   if (q.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "class_attention_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "class_attention_backward_cpu", [&] {
     backward_cpu_kernel<scalar_t>(grad_out, q, k, v, out, lse, scale, grad_q, grad_k, grad_v);
   });
 }
 
-std::string class_attention_cpu_isa() {
+std::string cpu_isa_name() {
   switch (cpu_isa()) {
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
@@ -326,22 +327,14 @@ std::string class_attention_cpu_isa() {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(semivl_fast_C, m) {
-  // q, k, v, out: (S, H, N, D) views, unit stride along D; lse: (S, H, N) contiguous, float64 for float64 inputs
-  // and float32 otherwise. Writes out = softmax(scale q k^T) v and lse = logsumexp(scale q k^T) per row.
-  m.def("class_attention_fwd_(Tensor q, Tensor k, Tensor v, float scale, Tensor(a!) out, Tensor(b!) lse) -> ()");
-  // Writes grad_q, grad_k, grad_v (views like q; they may be slices of one packed buffer) from grad_out and the
-  // forward's out and lse; P is recomputed.
-  m.def(
-      "class_attention_bwd_(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
-      "Tensor(a!) grad_q, Tensor(b!) grad_k, Tensor(c!) grad_v) -> ()");
-  // The instruction set the CPU kernels use now (after SEMIVL_FAST_CPU_ISA): generic, avx2 or avx512.
-  m.def("class_attention_cpu_isa() -> str", &class_attention_cpu_isa);
+TORCH_LIBRARY_IMPL(semivl_fast_C, CPU, m) {
+  m.impl("class_attention_forward_", &forward_cpu);
+  m.impl("class_attention_backward_", &backward_cpu);
 }
 
-TORCH_LIBRARY_IMPL(semivl_fast_C, CPU, m) {
-  m.impl("class_attention_fwd_", &class_attention_fwd_cpu);
-  m.impl("class_attention_bwd_", &class_attention_bwd_cpu);
+// No tensor arguments, so no device to dispatch on: the kernel serves every dispatch key.
+TORCH_LIBRARY_IMPL(semivl_fast_C, CompositeImplicitAutograd, m) {
+  m.impl("class_attention_cpu_isa", &cpu_isa_name);
 }
 
 }  // namespace semivl_fast

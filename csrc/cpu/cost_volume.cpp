@@ -282,16 +282,6 @@ void cost_volume_backward_cpu(const at::Tensor& grad, const at::Tensor& image, c
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(semivl_fast_C, m) {
-  // Writes out (B, K, H, W): cosine similarity of every pixel of image (B, C, H, W) with every unit text row
-  // (R, C); with groups (R,) the max over each class's rows (K = num_classes), else K = R.
-  m.def("cost_volume_forward_(Tensor image, Tensor text, Tensor? groups, int num_classes, Tensor(a!) out) -> ()");
-  // Writes the gradients of the image and/or the text rows for the upstream gradient grad (B, K, H, W).
-  m.def(
-      "cost_volume_backward_(Tensor grad, Tensor image, Tensor text, Tensor? groups, int num_classes, "
-      "Tensor(a!)? grad_image, Tensor(b!)? grad_text) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(semivl_fast_C, CPU, m) {
   m.impl("cost_volume_forward_", &cost_volume_forward_cpu);
   m.impl("cost_volume_backward_", &cost_volume_backward_cpu);

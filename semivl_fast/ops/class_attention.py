@@ -7,31 +7,35 @@ dim 64. This op is the attention core of that layer on the packed projection out
 Neither the head split nor the head merge is copied: every face reads q, k, v and writes ``out`` (and, backward,
 writes dQ, dK, dV into one packed (S, N, 3·H·D) gradient) through (S, H, N, D) strided views.
 
-Faces (one custom op ``semivl_fast::class_attention`` with its own backward op, chosen per device by
-``_common.backend``; ``SEMIVL_FAST_BACKEND[_CLASS_ATTENTION]`` overrides):
+Faces (``FACES``; ``select_face`` picks one by device, what is built and installed, dtype and shape;
+``SEMIVL_FAST_BACKEND[_CLASS_ATTENTION]`` forces one):
 
-* ``reference`` — plain PyTorch (softmax(q kᵀ·scale) v), float64-checkable; the spec.
+* ``reference`` — ``class_attention_reference``, plain PyTorch (softmax(q kᵀ·scale) v), float64-checkable; the spec.
 * ``cpp`` — CPU kernel ``csrc/cpu/class_attention.cpp``: one task per (sequence, head) over ``at::parallel_for``,
   register-blocked SIMD GEMMs (AVX-512 / AVX2 / SSE2 compiled side by side, the widest the CPU has picked at run
   time; ``SEMIVL_FAST_CPU_ISA`` caps it), vectorised exp and K/V transposes, P recomputed in the backward from the
   saved row logsumexp. Operands are read and written in place (fp32/fp64, D a multiple of the vector width), else
   packed to scratch. float64/32/16 and bfloat16 (16-bit types accumulate in float32); any N and D. Measured on the
-  2-core dev box (fp32, H = 4, D = 64, S = 128, N = 21/81/150, fwd+bwd, ``bench/decoder.py``): 1.59–1.67× SDPA
-  on the packed projection, both on two threads.
-* ``triton`` — GPU kernels ``semivl_fast.kernels.class_attention``: all keys of a problem in one tile (plain
-  two-pass softmax, no online softmax), several problems per program for small N; N ≤ 256, D ≤ 128; fp32 (TF32
-  unless ``SEMIVL_FAST_TF32=0``), fp16, bf16.
+  2-core dev box (fp32, H = 4, D = 64, S = 128, N = 21/81/150, fwd+bwd, ``bench/class_attention.py``): 1.59–1.67×
+  SDPA on the packed projection, both on two threads.
+* ``triton`` — GPU kernels ``kernels/class_attention.py``: all keys of a problem in one tile (plain two-pass softmax,
+  no online softmax), several problems per program for small N; N ≤ 256, D ≤ 128; fp32 (TF32 unless
+  ``SEMIVL_FAST_TF32=0``), fp16, bf16.
+* ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention`` on the (S, H, N, D) views (it picks flash /
+  memory-efficient / cuDNN / math itself); any device.
+* ``xformers`` — ``xformers.ops.memory_efficient_attention`` on the (S, N, H, D) layout of the packed projection
+  (no head-split copy); CUDA, when xformers is installed.
 
-Saved for backward: ``out`` and the row logsumexp (S, H, N) — never the (N, N) probabilities.
+``cpp`` and ``triton`` run behind the custom op ``semivl_fast::class_attention`` (backward:
+``semivl_fast::class_attention_backward``), which saves ``out`` and the row logsumexp (S, H, N) — never the (N, N)
+probabilities. The reference and the library faces run directly in ``class_attention``, differentiated by autograd.
 
-GPU dispatch by shape and dtype (``class_attention`` when Triton is the face; ``_path`` decides): N ≤ 256 and
-next_pow2(N)·next_pow2(D) ≤ 256·64 → Triton: a whole problem is one tile, and flash-style kernels (SDPA flash /
+Automatic choice: the C++ face on CPU, for every shape. On CUDA the Triton face for N ≤ 256 and
+next_pow2(N)·next_pow2(D) ≤ 256·64: a whole problem is one tile, and flash-style kernels (SDPA flash /
 memory-efficient, xformers) tile queries and keys in 64–128-row blocks, so N = 21 fills a third of a tile and pays
-the online-softmax bookkeeping for one key block. Larger problems → ``xformers.ops.memory_efficient_attention`` if
-xformers is installed (it takes the (S, N, H, D) layout of the packed projection directly, so no head-split copy),
-else ``torch.nn.functional.scaled_dot_product_attention`` on the (S, H, N, D) views (it picks flash /
-memory-efficient / cuDNN itself); both are online-softmax kernels that handle any N. dtypes Triton lacks (float64)
-run the reference, like the cost volume. On CPU the C++ face runs for every shape.
+the online-softmax bookkeeping for one key block. Larger problems go to xformers if installed, else SDPA (both
+online-softmax kernels that handle any N); dtypes Triton lacks (float64) to the reference, like the cost volume.
+A forced ``triton`` keeps these limits.
 
 Fusion of the neighbouring work, evaluated (the decoder layer is x + out_proj(attn(LN1(x))), then the FFN; the
 token is [pooled visual 128 | text 128] with the text half shared by the 64 positions of an image). On CPU the
@@ -58,7 +62,6 @@ against ~2·N·D per head for attention), so the op speeds the whole layer up by
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -68,10 +71,6 @@ from torch import Tensor
 from semivl_fast.ops import _common
 
 OP = "class_attention"
-_HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
-
-
-# ------------------------------------------------------------------------------------------------------ argument checks
 
 
 def _check(qkv: Tensor, num_heads: int) -> None:
@@ -90,10 +89,17 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _head_dim(qkv: Tensor, num_heads: int) -> int:
+    return qkv.shape[-1] // (3 * num_heads)
+
+
+def _scale(qkv: Tensor, num_heads: int, scale: float | None) -> float:
+    return float(scale) if scale is not None else _head_dim(qkv, num_heads) ** -0.5
+
+
 def _split(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """(S, N, 3·H·D) → three (S, H, N, D) views (no copy)."""
-    d = qkv.shape[-1] // (3 * num_heads)
-    return qkv.unflatten(-1, (3, num_heads, d)).permute(2, 0, 3, 1, 4).unbind(0)
+    return qkv.unflatten(-1, (3, num_heads, _head_dim(qkv, num_heads))).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
@@ -105,84 +111,73 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-# --------------------------------------------------------------------------------------------------------- reference
-
-
 def class_attention_reference(qkv: Tensor, num_heads: int, scale: float | None = None) -> Tensor:
     """Reference (the spec): per head ``softmax(q kᵀ · scale) v``, scale = head_dim^-0.5 by default.
 
     qkv (S, N, 3·H·D) → (S, N, H·D). Differentiable by autograd; fp16/bf16 compute in float32.
     """
     _check(qkv, num_heads)
-    out, _ = _forward_reference(qkv, num_heads, _scale(qkv, num_heads, scale))
-    return out
-
-
-def _scale(qkv: Tensor, num_heads: int, scale: float | None) -> float:
-    return float(scale) if scale is not None else (qkv.shape[-1] // (3 * num_heads)) ** -0.5
-
-
-def _forward_reference(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
     acc = _acc_dtype(qkv.dtype)
     q, k, v = (t.to(acc) for t in _split(qkv, num_heads))
-    s = (q @ k.transpose(-1, -2)) * scale  # (S, H, N, N)
-    lse = torch.logsumexp(s, dim=-1)  # (S, H, N)
+    s = (q @ k.transpose(-1, -2)) * _scale(qkv, num_heads, scale)  # (S, H, N, N)
     out = torch.softmax(s, dim=-1) @ v  # (S, H, N, D)
-    return out.transpose(1, 2).flatten(2).to(qkv.dtype), lse
+    return out.transpose(1, 2).flatten(2).to(qkv.dtype)
 
 
-def _backward_reference(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, num_heads: int,
-                        scale: float) -> Tensor:
-    """dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q."""
-    acc = _acc_dtype(qkv.dtype)
-    q, k, v = (t.to(acc) for t in _split(qkv, num_heads))
-    do, o = _heads(grad_out, num_heads).to(acc), _heads(out, num_heads).to(acc)
-    p = torch.exp((q @ k.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
-    dv = p.transpose(-1, -2) @ do
-    ds = p * (do @ v.transpose(-1, -2) - (do * o).sum(-1, keepdim=True))
-    dq, dk = (ds @ k) * scale, (ds.transpose(-1, -2) @ q) * scale
-    return torch.stack([dq, dk, dv], dim=0).permute(1, 3, 0, 2, 4).flatten(2).to(qkv.dtype)  # (S, N, 3·H·D)
+FACES = ("reference", "cpp", "triton", "sdpa", "xformers")
+
+
+def select_face(device: torch.device, dtype: torch.dtype = torch.float32, tokens: int = 1,
+                head_dim: int = 64) -> str:
+    """The face that runs ``tokens`` tokens of ``head_dim`` per head in ``dtype`` on ``device``: the requested or
+    automatic one (``_common.choose_face``); where the Triton kernels do not reach, the reference (their dtypes) or
+    xformers / SDPA (shapes beyond one key tile)."""
+    face = _common.choose_face(OP, device, FACES)
+    if face == "triton":
+        kernels = _kernels()
+        if dtype not in kernels.DTYPES:
+            return "reference"
+        if not kernels.supports(tokens, head_dim):
+            return "xformers" if _common.unavailable("xformers", device) is None else "sdpa"
+    return face
 
 
 # ------------------------------------------------------------------------------------------------------------ faces
 
 
-def _forward_cpp(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
-    if qkv.device.type != "cpu":
-        raise ValueError(f"{OP}: the C++ face runs on CPU tensors, got {qkv.device}; use backend 'triton' on CUDA")
-    _common.require_ext(OP, qkv.device)
-    s, n, c = qkv.shape
-    out = _common.empty((s, n, c // 3), qkv.dtype, qkv.device)
-    lse = _common.empty((s, num_heads, n), _acc_dtype(qkv.dtype), qkv.device)
-    q, k, v = _split(qkv, num_heads)
-    torch.ops.semivl_fast_C.class_attention_fwd_(q, k, v, scale, _heads(out, num_heads), lse)
-    return out, lse
-
-
-def _backward_cpp(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, num_heads: int, scale: float) -> Tensor:
-    if qkv.device.type != "cpu":
-        raise ValueError(f"{OP}: the C++ face runs on CPU tensors, got {qkv.device}; use backend 'triton' on CUDA")
-    _common.require_ext(OP, qkv.device)
-    grad = _common.empty(tuple(qkv.shape), qkv.dtype, qkv.device)
-    q, k, v = _split(qkv, num_heads)
-    dq, dk, dv = _split(grad, num_heads)
-    torch.ops.semivl_fast_C.class_attention_bwd_(_heads(grad_out, num_heads), q, k, v, _heads(out, num_heads), lse,
-                                                 scale, dq, dk, dv)
-    return grad
-
-
 def _kernels():
-    from semivl_fast.kernels import class_attention as kernels  # imports triton: only when the face runs
+    from semivl_fast.kernels import class_attention as kernels  # lazy: imports triton
 
     return kernels
 
 
-def _forward_triton(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
+def _outputs(qkv: Tensor, num_heads: int, lse_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """out (S, N, H·D) and the row logsumexp (S, H, N)."""
     s, n, c = qkv.shape
-    out = _common.empty((s, n, c // 3), qkv.dtype, qkv.device)
-    lse = _common.empty((s, num_heads, n), torch.float32, qkv.device)
+    return (_common.empty((s, n, c // 3), qkv.dtype, qkv.device),
+            _common.empty((s, num_heads, n), lse_dtype, qkv.device))
+
+
+def _forward_cpp(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
+    out, lse = _outputs(qkv, num_heads, _acc_dtype(qkv.dtype))
     q, k, v = _split(qkv, num_heads)
-    _kernels().class_attention_fwd(q, k, v, _heads(out, num_heads), lse, scale)
+    torch.ops.semivl_fast_C.class_attention_forward_(q, k, v, scale, _heads(out, num_heads), lse)
+    return out, lse
+
+
+def _backward_cpp(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, num_heads: int, scale: float) -> Tensor:
+    grad = _common.empty(tuple(qkv.shape), qkv.dtype, qkv.device)
+    q, k, v = _split(qkv, num_heads)
+    dq, dk, dv = _split(grad, num_heads)
+    torch.ops.semivl_fast_C.class_attention_backward_(_heads(grad_out, num_heads), q, k, v, _heads(out, num_heads),
+                                                      lse, scale, dq, dk, dv)
+    return grad
+
+
+def _forward_triton(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
+    out, lse = _outputs(qkv, num_heads, torch.float32)
+    q, k, v = _split(qkv, num_heads)
+    _kernels().forward(q, k, v, _heads(out, num_heads), lse, scale)
     return out, lse
 
 
@@ -192,22 +187,40 @@ def _backward_triton(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, nu
     delta = _common.empty((s, num_heads, n), torch.float32, qkv.device)
     q, k, v = _split(qkv, num_heads)
     dq, dk, dv = _split(grad, num_heads)
-    _kernels().class_attention_bwd(_heads(grad_out, num_heads), q, k, v, _heads(out, num_heads), lse, scale, dq, dk,
-                                   dv, delta)
+    _kernels().backward(_heads(grad_out, num_heads), q, k, v, _heads(out, num_heads), lse, scale, dq, dk, dv, delta)
     return grad
 
 
-_FORWARD = {"reference": _forward_reference, "cpp": _forward_cpp, "triton": _forward_triton}
-_BACKWARD = {"reference": _backward_reference, "cpp": _backward_cpp, "triton": _backward_triton}
-_FACES = ("cpp", "triton")
+def _sdpa(qkv: Tensor, num_heads: int, scale: float) -> Tensor:
+    """SDPA on the (S, H, N, D) views; autograd through it. Its output follows the input's layout, hence the
+    contiguous() (a no-op for the packed projection)."""
+    q, k, v = _split(qkv, num_heads)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).flatten(2).contiguous()
+
+
+def _xformers(qkv: Tensor, num_heads: int, scale: float) -> Tensor:
+    """xformers' memory-efficient attention on (S, N, H, D) views (its BMHK layout); autograd through it."""
+    import xformers.ops as xops  # lazy: optional dependency, imported only when this face runs
+
+    q, k, v = qkv.unflatten(-1, (3, num_heads, _head_dim(qkv, num_heads))).unbind(2)
+    return xops.memory_efficient_attention(q, k, v, scale=scale).flatten(2).contiguous()
+
+
+_FORWARD = {"cpp": _forward_cpp, "triton": _forward_triton}
+_BACKWARD = {"cpp": _backward_cpp, "triton": _backward_triton}
+_LIBRARY = {"sdpa": _sdpa, "xformers": _xformers}  # autograd through the library kernel: no custom op
 
 
 # --------------------------------------------------------------------------------------------------------- custom op
 
 
+def _face_of(qkv: Tensor, num_heads: int) -> str:
+    return select_face(qkv.device, qkv.dtype, qkv.shape[1], _head_dim(qkv, num_heads))
+
+
 @torch.library.custom_op("semivl_fast::class_attention", mutates_args=())
 def _class_attention_op(qkv: Tensor, num_heads: int, scale: float) -> tuple[Tensor, Tensor]:
-    return _FORWARD[_common.backend(OP, qkv.device, _FACES)](qkv, num_heads, scale)
+    return _common.kernel(OP, _face_of(qkv, num_heads), _FORWARD)(qkv, num_heads, scale)
 
 
 @_class_attention_op.register_fake
@@ -219,8 +232,8 @@ def _(qkv, num_heads, scale):
 @torch.library.custom_op("semivl_fast::class_attention_backward", mutates_args=())
 def _class_attention_backward_op(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, num_heads: int,
                                  scale: float) -> Tensor:
-    choice = _common.backend(OP, qkv.device, _FACES)
-    return _BACKWARD[choice](_unit_last(grad_out), qkv, out, lse, num_heads, scale)
+    face = _face_of(qkv, num_heads)
+    return _common.kernel(OP, face, _BACKWARD)(_unit_last(grad_out), qkv, out, lse, num_heads, scale)
 
 
 @_class_attention_backward_op.register_fake
@@ -249,50 +262,23 @@ _class_attention_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------------ public entry
 
 
-def _path(device: torch.device, dtype: torch.dtype, n: int, d: int) -> str:
-    """Where ``class_attention`` runs N tokens of head dim D: 'reference', 'cpp', 'triton' (the custom op's faces),
-    or 'xformers' / 'sdpa' (library kernels). On CUDA, Triton takes only its dtypes (else the reference, exact) and
-    shapes that fit one key tile (else xformers if installed, else SDPA)."""
-    face = _common.backend(OP, device, _FACES)
-    if face != "triton" or device.type != "cuda":
-        return face
-    from semivl_fast.kernels.class_attention import _DTYPES, supports
-
-    if dtype not in _DTYPES:
-        return "reference"
-    if supports(n, d):
-        return "triton"
-    return "xformers" if _HAS_XFORMERS else "sdpa"
-
-
-def _attention_library(qkv: Tensor, num_heads: int, scale: float, use_xformers: bool) -> Tensor:
-    """xformers or SDPA on views of the packed projection; autograd through the library kernel."""
-    d = qkv.shape[-1] // (3 * num_heads)
-    if use_xformers:
-        import xformers.ops as xops
-
-        q, k, v = qkv.unflatten(-1, (3, num_heads, d)).unbind(2)  # (S, N, H, D) views: xformers' BMHK layout
-        return xops.memory_efficient_attention(q, k, v, scale=scale).flatten(2)
-    q, k, v = _split(qkv, num_heads)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).flatten(2)
-
-
 def class_attention(qkv: Tensor, num_heads: int, scale: float | None = None) -> Tensor:
     """Multi-head softmax attention over the N tokens of each of S sequences, from the packed projection.
 
     qkv (S, N, 3·H·D): Q, K, V blocks along the last dim, heads inside each (``nn.Linear(dim, 3·dim)`` output);
     any strides (a non-unit last stride is made contiguous). Returns (S, N, H·D) contiguous. ``scale`` defaults to
-    D^-0.5. Differentiable (custom op with its own backward op; torch.compile traces both without graph breaks).
+    D^-0.5. Differentiable (custom op with its own backward op, or autograd through the reference / library faces;
+    torch.compile traces both without graph breaks).
     """
     _check(qkv, num_heads)
     sc = _scale(qkv, num_heads, scale)
     if not math.isfinite(sc):
         raise ValueError(f"{OP}: argument 'scale' must be finite, got {scale!r}")
-    path = _path(qkv.device, qkv.dtype, qkv.shape[1], qkv.shape[-1] // (3 * num_heads))
-    if path == "reference":  # plain PyTorch: torch.compile sees inside
+    face = _face_of(qkv, num_heads)
+    if face == "reference":  # plain PyTorch: torch.compile sees inside
         return class_attention_reference(qkv, num_heads, sc)
     qkv = _unit_last(qkv)
-    if path in ("xformers", "sdpa"):
-        return _attention_library(qkv, num_heads, sc, path == "xformers")
+    if face in _LIBRARY:
+        return _LIBRARY[face](qkv, num_heads, sc)
     out, _ = _class_attention_op(qkv, num_heads, sc)
     return out

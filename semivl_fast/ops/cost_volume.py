@@ -1,20 +1,22 @@
 """Dense vision-text cost volume: cosine similarity of every pixel feature with every class text embedding.
 
-``cost_volume_reference`` (plain PyTorch) is the spec. The fused faces compute the same thing without a normalised
-copy of the image or a (B, R, H, W) concept-row tensor: the C++ CPU kernel (``csrc/cpu/cost_volume.cpp``, BLAS on
-pixel blocks) and the Triton GPU kernels (``kernels/cost_volume.py``), forward and backward. ``cost_volume`` is the
-public, differentiable entry point: it ensembles the (tiny) text side in PyTorch and calls the custom op
-``semivl_fast::cost_volume`` (backward: ``semivl_fast::cost_volume_backward``), which picks the face by device
-(``SEMIVL_FAST_BACKEND_COST_VOLUME`` = reference | cpp | triton overrides).
+Faces (``FACES``; ``select_face`` picks one, ``SEMIVL_FAST_BACKEND[_COST_VOLUME]`` forces one):
+
+* ``reference`` — ``cost_volume_reference``, plain PyTorch: the spec, any dtype and device.
+* ``cpp`` — C++ CPU kernels (``csrc/cpu/cost_volume.cpp``: BLAS on pixel blocks), float64/32/16 and bfloat16
+  (float32 accumulation for 16-bit).
+* ``triton`` — Triton kernels (``kernels/cost_volume.py``; CUDA, or CPU under TRITON_INTERPRET=1), float32/16 and
+  bfloat16, fp32 dots on TF32 tensor cores unless ``SEMIVL_FAST_TF32=0``; with groups at most 1024 rows. Inputs
+  outside these limits run the reference.
+
+The fused faces compute the same thing without a normalised copy of the image or a (B, R, H, W) concept-row tensor,
+forward and backward, behind the custom op ``semivl_fast::cost_volume`` (backward:
+``semivl_fast::cost_volume_backward``). ``cost_volume`` is the public, differentiable entry point: it ensembles the
+(tiny) text side in PyTorch and runs the reference directly or the custom op.
 
 Concept max: a class's score is the max over its rows; its gradient goes to the rows attaining the max, split
 evenly between ties (as ``scatter_reduce(amax)`` does; bitwise-identical rows of a class always tie). Classes without
 rows score -inf, like the reference.
-
-Faces: reference (any dtype/device); cpp (CPU; float64/32/16, bfloat16; float32 accumulation for 16-bit); triton
-(CUDA, or CPU under TRITON_INTERPRET=1; float32/16, bfloat16; fp32 dots on TF32 tensor cores unless
-``SEMIVL_FAST_TF32=0``; with groups at most 1024 rows). float64 CUDA tensors and larger concept sets go to the
-reference automatically.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _check(image: Tensor, text: Tensor, groups: Tensor | None, num_classes: int 
     return num_classes
 
 
-def _rows_reference(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+def _scores(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
     """The reference on unit text rows (R, C) already in the image dtype (no further text normalisation)."""
     scores = torch.einsum("bchw,nc->bnhw", F.normalize(image, dim=1), rows)
     return scores if groups is None else concept_max(scores, groups, num_classes)
@@ -92,14 +94,32 @@ def cost_volume_reference(image: Tensor, text: Tensor, groups: Tensor | None = N
     Returns (B, N, H, W), or (B, num_classes, H, W) when ``groups`` is given.
     """
     k = _check(image, text, groups, num_classes)
-    return _rows_reference(image, ensemble_text(text).to(image.dtype), groups, k)
+    return _scores(image, ensemble_text(text).to(image.dtype), groups, k)
 
 
-# ------------------------------------------------------------------------------------------ faces on unit text rows
+FACES = ("reference", "cpp", "triton")
 
 
-def _fwd_reference(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
-    return _rows_reference(image, rows, groups, num_classes).contiguous()
+def select_face(device: torch.device, dtype: torch.dtype = torch.float32, rows: int = 1,
+                grouped: bool = False) -> str:
+    """The face that runs ``rows`` text rows (with ``groups``: ``grouped``) against an image of ``dtype`` on
+    ``device``: the requested or automatic one (``_common.choose_face``), or the reference where the Triton kernels
+    do not reach (their dtypes; more than ``MAX_GROUPED_ROWS`` rows with groups)."""
+    face = _common.choose_face(OP, device, FACES)
+    if face == "triton":
+        kernels = _kernels()
+        if dtype not in kernels.DTYPES or (grouped and rows > kernels.MAX_GROUPED_ROWS):
+            return "reference"
+    return face
+
+
+# ------------------------------------------------------------------------------------ faces on unit text rows
+
+
+def _kernels():
+    from semivl_fast.kernels import cost_volume as kernels  # lazy: imports triton
+
+    return kernels
 
 
 def duplicate_rows(rows: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,7 +127,8 @@ def duplicate_rows(rows: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
     (itself if none) and how many rows share it, both (R,) int64.
 
     Identical rows tie exactly in the concept max, but a GEMM may round their scores differently (BLAS edge tiles,
-    tensor-core fragments); the backward faces use this to treat them as the ties they are.
+    tensor-core fragments); the Triton backward uses this to treat them as the ties they are (the C++ kernel finds
+    them itself).
     """
     r = rows.shape[0]
     key = torch.cat([groups.to(torch.float64)[:, None], rows.detach().to(torch.float64)], 1)
@@ -117,95 +138,59 @@ def duplicate_rows(rows: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
     return first[inverse], torch.bincount(inverse, minlength=r)[inverse]
 
 
-def _bwd_reference(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
-                   need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
-    """The gradients of ``_rows_reference`` written out (autograd does not run inside a custom op).
-
-    G (B, R, H, W) is the upstream gradient of every row's score: ``grad`` itself, or with groups the class gradient
-    on the rows attaining the class max, split evenly between ties (``scatter_reduce(amax)``'s rule; identical rows
-    always tie, see ``duplicate_rows``). Then
-    d = G^T rows, dx = (d - (d . x_hat) x_hat) / max(|x|, eps) (no projection where |x| < eps, F.normalize's clamp),
-    d rows = sum over pixels of G x_hat.
-    """
-    x_hat = F.normalize(image, dim=1)
-    grad = grad.to(image.dtype)
-    if groups is None:
-        g_rows = grad
-    else:
-        scores = torch.einsum("bchw,nc->bnhw", x_hat, rows)[:, duplicate_rows(rows, groups)[0]]
-        best = concept_max(scores, groups, num_classes)[:, groups]  # (B, R, H, W): the max of each row's class
-        tied = (scores == best).to(image.dtype)
-        count = tied.new_zeros((tied.shape[0], num_classes, *tied.shape[2:])).index_add_(1, groups, tied)[:, groups]
-        g_rows = grad[:, groups] * tied / count.clamp_min(1)
-    gx = gt = None
-    if need_image:
-        norm = image.norm(dim=1, keepdim=True)
-        d = torch.einsum("bnhw,nc->bchw", g_rows, rows)
-        proj = (d * x_hat).sum(1, keepdim=True) * (norm >= EPS)
-        gx = ((d - proj * x_hat) / norm.clamp_min(EPS)).contiguous()
-    if need_text:
-        gt = torch.einsum("bnhw,bchw->nc", g_rows, x_hat).contiguous()
-    return (gx if need_image else image.new_empty((0,)), gt if need_text else rows.new_empty((0,)))
-
-
-def _require_cpu(image: Tensor) -> None:
-    _common.require_ext(OP, image.device)
-    if image.device.type != "cpu":
-        raise ValueError(f"{OP}: the C++ face runs on CPU tensors, got {image.device}; use backend 'triton' on GPUs")
-
-
-def _fwd_cpp(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
-    _require_cpu(image)
+def _output(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
     k = num_classes if groups is not None else rows.shape[0]
-    out = _common.empty((image.shape[0], k, *image.shape[2:]), image.dtype, image.device)
+    return _common.empty((image.shape[0], k, *image.shape[2:]), image.dtype, image.device)
+
+
+def _gradients(image: Tensor, rows: Tensor, need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    """The gradient outputs (image, text rows); an unneeded one is an empty (0,) tensor."""
+    gx = _common.empty(image.shape, image.dtype, image.device) if need_image else image.new_empty((0,))
+    gt = _common.empty(rows.shape, rows.dtype, rows.device) if need_text else rows.new_empty((0,))
+    return gx, gt
+
+
+def _forward_cpp(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    out = _output(image, rows, groups, num_classes)
     torch.ops.semivl_fast_C.cost_volume_forward_(image.contiguous(), rows.contiguous(), groups, num_classes, out)
     return out
 
 
-def _bwd_cpp(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
-             need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
-    _require_cpu(image)
-    gx = _common.empty(image.shape, image.dtype, image.device) if need_image else image.new_empty((0,))
-    gt = _common.empty(rows.shape, rows.dtype, rows.device) if need_text else rows.new_empty((0,))
+def _backward_cpp(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
+                  need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    gx, gt = _gradients(image, rows, need_image, need_text)
     torch.ops.semivl_fast_C.cost_volume_backward_(grad.to(image.dtype).contiguous(), image.contiguous(),
                                                   rows.contiguous(), groups, num_classes,
                                                   gx if need_image else None, gt if need_text else None)
     return gx, gt
 
 
-def _fwd_triton(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
-    from semivl_fast.kernels.cost_volume import cost_volume_fwd
-
-    return cost_volume_fwd(image, rows, groups, num_classes)
-
-
-def _bwd_triton(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int, out: Tensor,
-                need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
-    from semivl_fast.kernels.cost_volume import cost_volume_bwd
-
-    return cost_volume_bwd(grad, image, rows, groups, num_classes, out, need_image, need_text)
+def _forward_triton(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    out = _output(image, rows, groups, num_classes)
+    _kernels().forward(image, rows, groups, num_classes, out)
+    return out
 
 
-_FWD = {"reference": _fwd_reference, "cpp": _fwd_cpp, "triton": _fwd_triton}
-_BWD = {"reference": _bwd_reference, "cpp": _bwd_cpp, "triton": _bwd_triton}
-_FACES = ("cpp", "triton")
+def _backward_triton(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int,
+                     out: Tensor, need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
+    gx, gt = _gradients(image, rows, need_image, need_text)
+    duplicates = duplicate_rows(rows, groups) if groups is not None else None
+    _kernels().backward(grad, image, rows, groups, num_classes, out, gx if need_image else None,
+                        gt if need_text else None, duplicates)
+    return gx, gt
 
 
-_TRITON_MAX_GROUPED_ROWS = 1024  # = semivl_fast.kernels.cost_volume.MAX_GROUPED_ROWS (all rows of a tile in registers)
+_FORWARD = {"cpp": _forward_cpp, "triton": _forward_triton}
+_BACKWARD = {"cpp": _backward_cpp, "triton": _backward_triton}
 
 
-def _face(image: Tensor, rows: Tensor, groups: Tensor | None) -> str:
-    choice = _common.backend(OP, image.device, _FACES)
-    # What the Triton kernels do not cover (float64; more than 1024 concept rows) runs through the reference.
-    if choice == "triton" and (image.dtype == torch.float64 or
-                               (groups is not None and rows.shape[0] > _TRITON_MAX_GROUPED_ROWS)):
-        return "reference"
-    return choice
+# ------------------------------------------------------------------------------------------------- custom op
 
 
 @torch.library.custom_op("semivl_fast::cost_volume", mutates_args=())
 def _cost_volume_op(image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
-    return _FWD[_face(image, rows, groups)](image, rows, groups, num_classes)
+    face = select_face(image.device, image.dtype, rows.shape[0], groups is not None)
+    return _common.kernel(OP, face, _FORWARD)(image, rows, groups, num_classes)
 
 
 @_cost_volume_op.register_fake
@@ -217,7 +202,8 @@ def _(image, rows, groups, num_classes):
 @torch.library.custom_op("semivl_fast::cost_volume_backward", mutates_args=())
 def _cost_volume_backward_op(grad: Tensor, image: Tensor, rows: Tensor, groups: Tensor | None, num_classes: int,
                              out: Tensor, need_image: bool, need_text: bool) -> tuple[Tensor, Tensor]:
-    return _BWD[_face(image, rows, groups)](grad, image, rows, groups, num_classes, out, need_image, need_text)
+    face = select_face(image.device, image.dtype, rows.shape[0], groups is not None)
+    return _common.kernel(OP, face, _BACKWARD)(grad, image, rows, groups, num_classes, out, need_image, need_text)
 
 
 @_cost_volume_backward_op.register_fake
@@ -241,13 +227,7 @@ def _backward(ctx, grad):
 _cost_volume_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _prepare(image: Tensor, text: Tensor, groups: Tensor | None,
-             num_classes: int | None) -> tuple[Tensor, Tensor | None, int]:
-    k = _check(image, text, groups, num_classes)
-    rows = ensemble_text(text).to(image.dtype).contiguous()
-    if groups is not None:
-        groups = groups.to(image.device).contiguous()
-    return rows, groups, k
+# ------------------------------------------------------------------------------------------------- public entry
 
 
 def cost_volume(image: Tensor, text: Tensor, groups: Tensor | None = None, num_classes: int | None = None) -> Tensor:
@@ -257,21 +237,10 @@ def cost_volume(image: Tensor, text: Tensor, groups: Tensor | None = None, num_c
     concept max over ``num_classes`` classes (default ``groups.max() + 1``; pass it under torch.compile). Returns
     (B, N, H, W) or (B, num_classes, H, W) in the image dtype, contiguous; same values as ``cost_volume_reference``.
     """
-    if _common.backend(OP, image.device, _FACES) == "reference":  # plain PyTorch: torch.compile sees inside
-        return cost_volume_reference(image, text, groups, num_classes)
-    rows, groups, k = _prepare(image, text, groups, num_classes)
-    return _cost_volume_op(image, rows, groups, k)
-
-
-def cost_volume_cpp(image: Tensor, text: Tensor, groups: Tensor | None = None,
-                    num_classes: int | None = None) -> Tensor:
-    """Forward of the C++ CPU kernel alone (no autograd); same contract as ``cost_volume_reference``."""
-    rows, groups, k = _prepare(image, text, groups, num_classes)
-    return _fwd_cpp(image, rows, groups, k)
-
-
-def cost_volume_triton(image: Tensor, text: Tensor, groups: Tensor | None = None,
-                       num_classes: int | None = None) -> Tensor:
-    """Forward of the Triton kernel alone (no autograd; CUDA, or CPU under TRITON_INTERPRET=1)."""
-    rows, groups, k = _prepare(image, text, groups, num_classes)
-    return _fwd_triton(image, rows, groups, k)
+    k = _check(image, text, groups, num_classes)
+    rows = ensemble_text(text).to(image.dtype)
+    if select_face(image.device, image.dtype, rows.shape[0], groups is not None) == "reference":
+        return _scores(image, rows, groups, k)  # plain PyTorch: torch.compile sees inside, autograd differentiates
+    if groups is not None:
+        groups = groups.to(image.device).contiguous()
+    return _cost_volume_op(image, rows.contiguous(), groups, k)

@@ -59,9 +59,9 @@ inline void check_class_attention_q(const char* op, const at::Tensor& q) {
                 q.strides(), "); call .contiguous() or use semivl_fast.ops.class_attention, which does it for you");
 }
 
-inline void check_class_attention_fwd_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+inline void check_class_attention_forward_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& out, const at::Tensor& lse) {
-  constexpr const char* op = "class_attention_fwd";
+  constexpr const char* op = "class_attention_forward";
   check_class_attention_q(op, q);
   check_class_attention_view(op, q, k, "k");
   check_class_attention_view(op, q, v, "v");
@@ -69,11 +69,11 @@ inline void check_class_attention_fwd_args(const at::Tensor& q, const at::Tensor
   check_class_attention_rowstat(op, q, lse, "lse");
 }
 
-inline void check_class_attention_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+inline void check_class_attention_backward_args(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                            const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                            const at::Tensor& grad_q, const at::Tensor& grad_k,
                                            const at::Tensor& grad_v) {
-  constexpr const char* op = "class_attention_bwd";
+  constexpr const char* op = "class_attention_backward";
   check_class_attention_q(op, q);
   check_class_attention_view(op, q, grad_out, "grad_out");
   check_class_attention_view(op, q, k, "k");

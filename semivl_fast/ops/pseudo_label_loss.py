@@ -5,17 +5,18 @@ From the student's low-resolution logits (B, N, h, w) (the decoder's 4x-grid out
 are either given (supervised) or made from teacher logits: softmax(scale * upsample(teacher)) -> confidence and
 argmax, optionally CutMixed with a partner's teacher logits inside per-image boxes, filtered by the padding masks
 and the confidence threshold. The fused kernels never materialise (B, N, H, W) logits, probabilities or gradients;
-this file holds the reference (the spec) and the public entry point.
+this file holds the reference (the spec), the face choice, the custom op and the public entry point.
 
-Faces: ``pseudo_label_loss_reference`` (plain PyTorch, the spec); the C++ CPU kernel and the CUDA C++ kernel
-(``csrc/cpu/pl_loss.cpp``, ``csrc/cuda/pl_loss.cu``, sharing ``pseudo_label_math.h``; ``pseudo_label_loss_cpp``);
-the Triton kernels (``semivl_fast.kernels.pl_loss``; ``pseudo_label_loss_triton``). ``pseudo_label_loss`` dispatches
-through the custom op ``semivl_fast::pseudo_label_loss`` (backward: ``semivl_fast::pseudo_label_loss_backward``).
-Every fused face runs the same two kernels: the forward writes per pixel the student's logsumexp and a code (label
-if accepted, else -1) and per image row four sums (ce over accepted pixels, valid, accepted, confidence over
-valid); ``_finish`` turns the row sums into loss, stats and the per-image gradient weight on the device (no host
-sync); the backward recomputes the student's softmax at the accepted pixels and gathers the adjoint of the
-upsampling into the low-resolution gradient.
+Faces (``FACES``; ``select_face`` picks one by device and what was built; ``SEMIVL_FAST_BACKEND[_PSEUDO_LABEL_LOSS]``
+forces one): ``reference`` (``pseudo_label_loss_reference``, plain PyTorch, the spec); ``cpp`` and ``cuda``, the C++
+CPU kernel and the CUDA C++ kernel (``csrc/cpu/pseudo_label_loss.cpp``, ``csrc/cuda/pseudo_label_loss.cu``, sharing
+``pseudo_label_loss_math.h``); ``triton`` (``kernels/pseudo_label_loss.py``). Every kernel face takes every floating
+dtype and shape. ``pseudo_label_loss`` runs the reference directly or the fused faces through the custom op
+``semivl_fast::pseudo_label_loss`` (backward: ``semivl_fast::pseudo_label_loss_backward``). Every fused face runs the
+same two kernels: the forward writes per pixel the student's logsumexp and a code (label if accepted, else -1) and
+per image row four sums (ce over accepted pixels, valid, accepted, confidence over valid); ``_finish`` turns the row
+sums into loss, stats and the per-image gradient weight on the device (no host sync); the backward recomputes the
+student's softmax at the accepted pixels and gathers the adjoint of the upsampling into the low-resolution gradient.
 
 Modes (per-pixel weight w, valid = not padding / not ignore label):
   threshold   w = valid & conf >= threshold                      (UniMatch; the CLIP guidance with scale 100)
@@ -144,48 +145,79 @@ def pseudo_label_loss_reference(student: Tensor, size: tuple[int, int], *, targe
     return loss, stats
 
 
-FACES = ("cpp", "cuda", "triton")
+FACES = ("reference", "cpp", "cuda", "triton")
+
+
+def select_face(device: torch.device) -> str:
+    """The face that runs on ``device``: the requested or automatic one (``_common.choose_face``). The kernels take
+    every floating dtype and shape, so nothing else decides."""
+    return _common.choose_face(OP, device, FACES)
+
+
+# ------------------------------------------------------------------------------------------------------------ faces
+
+
+def _kernels():
+    from semivl_fast.kernels import pseudo_label_loss as kernels  # lazy: imports triton
+
+    return kernels
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _pixel_outputs(student: Tensor, size: list[int]) -> tuple[Tensor, Tensor]:
+    """lse (B, H, W) in the accumulation dtype and code (B, H, W) int32."""
+    b, (h, w) = student.shape[0], size
+    return (_common.empty((b, h, w), _acc_dtype(student.dtype), student.device),
+            _common.empty((b, h, w), torch.int32, student.device))
+
+
 def _forward_cpp(student: Tensor, size: list[int], target: Tensor | None, teacher: Tensor | None,
                  teacher_mix: Tensor | None, boxes: Tensor | None, ignore: Tensor | None, ignore_mix: Tensor | None,
                  threshold: float, scale: float, use_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """C++ (CPU) / CUDA C++ forward: lse (B, H, W) acc, code (B, H, W) int32, row sums (B, H, 4) float64."""
-    _common.require_ext(OP, student.device)
+    """C++ (CPU) / CUDA C++ forward: lse, code and the row sums (B, H, 4) float64."""
     b, (h, w) = student.shape[0], size
-    lse = _common.empty((b, h, w), _acc_dtype(student.dtype), student.device)
-    code = _common.empty((b, h, w), torch.int32, student.device)
+    lse, code = _pixel_outputs(student, size)
     rows = _common.empty((b, h, 4), torch.float64, student.device)
-    torch.ops.semivl_fast_C.pl_loss_forward_(student, h, w, target, teacher, teacher_mix, boxes, ignore, ignore_mix,
-                                             float(threshold), float(scale), bool(use_threshold), lse, code, rows)
+    torch.ops.semivl_fast_C.pseudo_label_loss_forward_(student, h, w, target, teacher, teacher_mix, boxes, ignore,
+                                                       ignore_mix, float(threshold), float(scale),
+                                                       bool(use_threshold), lse, code, rows)
     return lse, code, rows
 
 
 def _backward_cpp(student: Tensor, lse: Tensor, code: Tensor, gscale: Tensor) -> Tensor:
-    _common.require_ext(OP, student.device)
     grad = _common.empty(tuple(student.shape), student.dtype, student.device)
-    torch.ops.semivl_fast_C.pl_loss_backward_(student, lse, code, gscale, grad)
+    torch.ops.semivl_fast_C.pseudo_label_loss_backward_(student, lse, code, gscale, grad)
     return grad
 
 
-def _forward_triton(*args):
-    from semivl_fast.kernels import pl_loss as kernels
+def _forward_triton(student: Tensor, size: list[int], target: Tensor | None, teacher: Tensor | None,
+                    teacher_mix: Tensor | None, boxes: Tensor | None, ignore: Tensor | None,
+                    ignore_mix: Tensor | None, threshold: float, scale: float,
+                    use_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton forward: lse, code and per-program partial row sums (B, H, programs, 4) in the accumulation dtype."""
+    kernels = _kernels()
+    lse, code = _pixel_outputs(student, size)
+    part = _common.empty(kernels.partial_sums_shape(student.shape[0], size), _acc_dtype(student.dtype),
+                         student.device)
+    kernels.forward(student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold, scale,
+                    use_threshold, lse, code, part)
+    return lse, code, part
 
-    return kernels.forward(*args)
 
-
-def _backward_triton(*args):
-    from semivl_fast.kernels import pl_loss as kernels
-
-    return kernels.backward(*args)
+def _backward_triton(student: Tensor, lse: Tensor, code: Tensor, gscale: Tensor) -> Tensor:
+    grad = _common.empty(tuple(student.shape), student.dtype, student.device)
+    _kernels().backward(student, lse, code, gscale, grad)
+    return grad
 
 
 _FORWARD = {"cpp": _forward_cpp, "cuda": _forward_cpp, "triton": _forward_triton}
 _BACKWARD = {"cpp": _backward_cpp, "cuda": _backward_cpp, "triton": _backward_triton}
+
+
+# --------------------------------------------------------------------------------------------------------- custom op
 
 
 def _finish(rows: Tensor, batch: int, pixels: int, mode: str, reduction: str,
@@ -206,20 +238,21 @@ def _finish(rows: Tensor, batch: int, pixels: int, mode: str, reduction: str,
 
 
 @torch.library.custom_op("semivl_fast::pseudo_label_loss", mutates_args=())
-def _pl_loss_op(student: Tensor, size: list[int], target: Tensor | None, teacher: Tensor | None,
-                teacher_mix: Tensor | None, boxes: Tensor | None, ignore: Tensor | None, ignore_mix: Tensor | None,
-                threshold: float, scale: float, mode: str, reduction: str,
-                face: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _pseudo_label_loss_op(student: Tensor, size: list[int], target: Tensor | None, teacher: Tensor | None,
+                          teacher_mix: Tensor | None, boxes: Tensor | None, ignore: Tensor | None,
+                          ignore_mix: Tensor | None, threshold: float, scale: float, mode: str,
+                          reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, stats, lse, code, wimg); the last three are what the backward needs."""
-    lse, code, rows = _FORWARD[face](student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix,
-                                     threshold, scale, mode == "threshold")
+    forward = _common.kernel(OP, select_face(student.device), _FORWARD)
+    lse, code, rows = forward(student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold,
+                              scale, mode == "threshold")
     loss, stats, wimg = _finish(rows, student.shape[0], student.shape[0] * size[0] * size[1], mode, reduction,
                                 _acc_dtype(student.dtype))
     return loss, stats, lse, code, wimg
 
 
-@_pl_loss_op.register_fake
-def _(student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold, scale, mode, reduction, face):
+@_pseudo_label_loss_op.register_fake
+def _(student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold, scale, mode, reduction):
     b, (h, w), acc = student.shape[0], size, _acc_dtype(student.dtype)
     return (student.new_empty((), dtype=acc), student.new_empty((2,), dtype=torch.float32),
             student.new_empty((b, h, w), dtype=acc), student.new_empty((b, h, w), dtype=torch.int32),
@@ -227,22 +260,21 @@ def _(student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, th
 
 
 @torch.library.custom_op("semivl_fast::pseudo_label_loss_backward", mutates_args=())
-def _pl_loss_backward_op(grad_loss: Tensor, student: Tensor, lse: Tensor, code: Tensor, wimg: Tensor,
-                         face: str) -> Tensor:
+def _pseudo_label_loss_backward_op(grad_loss: Tensor, student: Tensor, lse: Tensor, code: Tensor,
+                                   wimg: Tensor) -> Tensor:
     """Gradient of the loss w.r.t. the low-resolution student logits (B, N, h, w), in the student's dtype."""
     gscale = (wimg * grad_loss.to(wimg.dtype)).contiguous()
-    return _BACKWARD[face](student, lse, code, gscale)
+    return _common.kernel(OP, select_face(student.device), _BACKWARD)(student, lse, code, gscale)
 
 
-@_pl_loss_backward_op.register_fake
-def _(grad_loss, student, lse, code, wimg, face):
+@_pseudo_label_loss_backward_op.register_fake
+def _(grad_loss, student, lse, code, wimg):
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     _, stats, lse, code, wimg = output
     ctx.save_for_backward(inputs[0], lse, code, wimg)
-    ctx.face = inputs[-1]
     ctx.mark_non_differentiable(stats, lse, code, wimg)
 
 
@@ -250,44 +282,14 @@ def _backward(ctx, grad_loss, *_):
     student, lse, code, wimg = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:
-        grad = _pl_loss_backward_op(grad_loss, student, lse, code, wimg, ctx.face)
-    return grad, *([None] * 12)
+        grad = _pseudo_label_loss_backward_op(grad_loss, student, lse, code, wimg)
+    return grad, *([None] * 11)
 
 
-_pl_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_pseudo_label_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _fused(face: str, student: Tensor, size: tuple[int, int], target: Tensor | None, teacher: Tensor | None,
-           teacher_mix: Tensor | None, boxes: Tensor | None, ignore: Tensor | None, ignore_mix: Tensor | None,
-           threshold: float, scale: float, mode: str, reduction: str) -> tuple[Tensor, Tensor]:
-    _check(student, tuple(size), target, teacher, teacher_mix, boxes, ignore, ignore_mix, mode, reduction)
-    if target is not None:  # like the reference: given labels use neither the CutMix partner nor the padding masks
-        teacher_mix = boxes = ignore = ignore_mix = None
-    c = lambda t: None if t is None else t.detach().contiguous()
-    loss, stats, *_ = _pl_loss_op(student.contiguous(), [int(size[0]), int(size[1])], c(target), c(teacher),
-                                  c(teacher_mix), None if boxes is None else c(boxes.to(torch.int64)), c(ignore),
-                                  c(ignore_mix), float(threshold), float(scale), mode, reduction, face)
-    return loss, stats
-
-
-def pseudo_label_loss_cpp(student: Tensor, size: tuple[int, int], *, target: Tensor | None = None,
-                          teacher: Tensor | None = None, teacher_mix: Tensor | None = None,
-                          boxes: Tensor | None = None, ignore: Tensor | None = None, ignore_mix: Tensor | None = None,
-                          threshold: float = 0.95, scale: float = 1.0, mode: str = "threshold",
-                          reduction: str = "valid") -> tuple[Tensor, Tensor]:
-    """The C++ kernels (CPU tensors: C++ CPU kernel; CUDA tensors: CUDA C++ kernel); contract of the reference."""
-    return _fused("cpp" if student.device.type == "cpu" else "cuda", student, size, target, teacher, teacher_mix,
-                  boxes, ignore, ignore_mix, threshold, scale, mode, reduction)
-
-
-def pseudo_label_loss_triton(student: Tensor, size: tuple[int, int], *, target: Tensor | None = None,
-                             teacher: Tensor | None = None, teacher_mix: Tensor | None = None,
-                             boxes: Tensor | None = None, ignore: Tensor | None = None,
-                             ignore_mix: Tensor | None = None, threshold: float = 0.95, scale: float = 1.0,
-                             mode: str = "threshold", reduction: str = "valid") -> tuple[Tensor, Tensor]:
-    """The Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); contract of the reference."""
-    return _fused("triton", student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold,
-                  scale, mode, reduction)
+# ------------------------------------------------------------------------------------------------------ public entry
 
 
 def pseudo_label_loss(student: Tensor, size: tuple[int, int], *, target: Tensor | None = None,
@@ -301,12 +303,16 @@ def pseudo_label_loss(student: Tensor, size: tuple[int, int], *, target: Tensor 
     ``teacher_mix`` with ``boxes`` (B, 4) [y0, x0, y1, x1) takes them from the CutMix partner inside the box;
     ``ignore``/``ignore_mix`` (B, H, W) mark crop padding. See the module docstring for ``mode``/``reduction``.
     Returns ``(loss, stats)``: a scalar with gradient to ``student`` only, and stats (2,) = [accepted fraction,
-    mean confidence]. Runs the fused kernel of the device (``SEMIVL_FAST_BACKEND[_PSEUDO_LABEL_LOSS]`` chooses).
+    mean confidence]. Runs the face ``select_face`` picks (``SEMIVL_FAST_BACKEND[_PSEUDO_LABEL_LOSS]`` forces one).
     """
-    face = _common.backend(OP, student.device, FACES)
-    if face == "reference":
+    _check(student, tuple(size), target, teacher, teacher_mix, boxes, ignore, ignore_mix, mode, reduction)
+    if select_face(student.device) == "reference":  # plain PyTorch: torch.compile sees inside
         return pseudo_label_loss_reference(student, size, target=target, teacher=teacher, teacher_mix=teacher_mix,
                                            boxes=boxes, ignore=ignore, ignore_mix=ignore_mix, threshold=threshold,
                                            scale=scale, mode=mode, reduction=reduction)
-    return _fused(face, student, size, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold, scale,
-                  mode, reduction)
+    c = lambda t: None if t is None else t.detach().contiguous()
+    loss, stats, *_ = _pseudo_label_loss_op(student.contiguous(), [int(size[0]), int(size[1])], c(target),
+                                            c(teacher), c(teacher_mix),
+                                            None if boxes is None else c(boxes.to(torch.int64)), c(ignore),
+                                            c(ignore_mix), float(threshold), float(scale), mode, reduction)
+    return loss, stats

@@ -1,14 +1,14 @@
-// CUDA kernels of the fused pseudo-label loss (contract in semivl_fast/pl_loss.h); the per-pixel math (bilinear
-// taps, online softmax, targets, cross-entropy and its gradient) is shared with the CPU kernel through
-// semivl_fast/pseudo_label_math.h.
+// CUDA kernels of the fused pseudo-label loss (contract: csrc/registration.cpp); the per-pixel math (bilinear taps,
+// online softmax, targets, cross-entropy and its gradient) is shared with the CPU kernel through
+// semivl_fast/pseudo_label_loss_math.h.
 //
-// Forward: one block per image row, threads stride over the row's pixels; each thread runs pl_loss_pixel: an online
-// softmax over the teacher's classes (bilinear taps read straight from the low-res NCHW logits; neighbouring threads
-// read neighbouring taps of the same class) and, if accepted, an online logsumexp over the student's. The block
-// reduces the row's four sums (deterministic: no atomics).
-// Backward: one thread per low-res gradient element (b, n, i, j) runs pl_loss_grad_element: a gather over the
-// high-res pixels whose taps include (i, j), recomputing softmax_n there from the saved logsumexp. No atomics, no
-// (N, H, W) buffer. Both bodies live in pseudo_label_math.h; the CPU runs them on its per-pixel path.
+// Forward: one block per image row, threads stride over the row's pixels; each thread runs pseudo_label_loss_pixel:
+// an online softmax over the teacher's classes (bilinear taps read straight from the low-res NCHW logits;
+// neighbouring threads read neighbouring taps of the same class) and, if accepted, an online logsumexp over the
+// student's. The block reduces the row's four sums (deterministic: no atomics).
+// Backward: one thread per low-res gradient element (b, n, i, j) runs pseudo_label_loss_grad_element: a gather over
+// the high-res pixels whose taps include (i, j), recomputing softmax_n there from the saved logsumexp. No atomics, no
+// (N, H, W) buffer. Both bodies live in pseudo_label_loss_math.h; the CPU runs them on its per-pixel path.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -17,8 +17,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "semivl_fast/pl_loss.h"
-#include "semivl_fast/pseudo_label_math.h"
+#include "semivl_fast/pseudo_label_loss.h"
+#include "semivl_fast/pseudo_label_loss_math.h"
 
 namespace semivl_fast {
 namespace {
@@ -32,7 +32,7 @@ struct LowResArg {
 };
 
 template <typename scalar_t, typename tscalar_t, typename acc_t>
-__global__ void __launch_bounds__(kForwardThreads) pl_loss_forward_kernel(
+__global__ void __launch_bounds__(kForwardThreads) pseudo_label_loss_forward_kernel(
     const scalar_t* __restrict__ student, LowResArg st, LowResArg te, LowResArg mx,
     const int64_t* __restrict__ target, const int64_t* __restrict__ boxes, const uint8_t* __restrict__ ignore,
     const uint8_t* __restrict__ ignore_mix, int64_t N, int64_t H, int64_t W, acc_t threshold, acc_t scale,
@@ -47,10 +47,10 @@ __global__ void __launch_bounds__(kForwardThreads) pl_loss_forward_kernel(
     const int64_t pix = (b * H + y) * W + x;
     const int64_t label = target != nullptr ? target[pix] : int64_t(0);
     CUDA_KERNEL_ASSERT(label_in_range(label, N) && "pseudo_label_loss: target labels must be in [0, N) or 255");
-    const auto r = pl_loss_pixel<acc_t>(y, x, N, H, W, s_img, st.h, st.w, t_img, te.h, te.w, m_img, mx.h, mx.w, box,
-                                        label, ignore != nullptr && ignore[pix] != 0,
-                                        ignore_mix != nullptr && ignore_mix[pix] != 0, use_threshold, threshold,
-                                        scale);
+    const auto r = pseudo_label_loss_pixel<acc_t>(y, x, N, H, W, s_img, st.h, st.w, t_img, te.h, te.w, m_img, mx.h,
+                                                  mx.w, box, label, ignore != nullptr && ignore[pix] != 0,
+                                                  ignore_mix != nullptr && ignore_mix[pix] != 0, use_threshold,
+                                                  threshold, scale);
     sums[0] += static_cast<double>(r.ce);
     sums[1] += r.target.valid;
     sums[2] += r.target.accepted;
@@ -79,29 +79,30 @@ __global__ void __launch_bounds__(kForwardThreads) pl_loss_forward_kernel(
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kBackwardThreads) pl_loss_backward_kernel(
+__global__ void __launch_bounds__(kBackwardThreads) pseudo_label_loss_backward_kernel(
     const scalar_t* __restrict__ student, const acc_t* __restrict__ lse, const int32_t* __restrict__ code,
     const acc_t* __restrict__ gscale, scalar_t* __restrict__ grad, int64_t B, int64_t N, int64_t h, int64_t w,
     int64_t H, int64_t W) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * N * h * w) return;
   const int64_t j = idx % w, i = (idx / w) % h, n = (idx / (w * h)) % N, b = idx / (w * h * N);
-  const acc_t g = pl_loss_grad_element<acc_t>(n, i, j, h, w, H, W, student + (b * N + n) * h * w, lse + b * H * W,
-                                              code + b * H * W);
+  const acc_t g = pseudo_label_loss_grad_element<acc_t>(n, i, j, h, w, H, W, student + (b * N + n) * h * w,
+                                                        lse + b * H * W, code + b * H * W);
   grad[idx] = static_cast<scalar_t>(g * gscale[b]);
 }
 
-void pl_loss_forward_cuda(const at::Tensor& student, int64_t H, int64_t W, const c10::optional<at::Tensor>& target,
-                          const c10::optional<at::Tensor>& teacher, const c10::optional<at::Tensor>& teacher_mix,
-                          const c10::optional<at::Tensor>& boxes, const c10::optional<at::Tensor>& ignore,
-                          const c10::optional<at::Tensor>& ignore_mix, double threshold, double scale,
-                          bool use_threshold, at::Tensor& lse, at::Tensor& code, at::Tensor& rows) {
-  pl_loss_check_forward_args(student, H, W, target, teacher, teacher_mix, boxes, ignore, ignore_mix, lse, code, rows);
+void forward_cuda(const at::Tensor& student, int64_t H, int64_t W, const c10::optional<at::Tensor>& target,
+                  const c10::optional<at::Tensor>& teacher, const c10::optional<at::Tensor>& teacher_mix,
+                  const c10::optional<at::Tensor>& boxes, const c10::optional<at::Tensor>& ignore,
+                  const c10::optional<at::Tensor>& ignore_mix, double threshold, double scale, bool use_threshold,
+                  at::Tensor& lse, at::Tensor& code, at::Tensor& rows) {
+  pseudo_label_loss_check_forward_args(student, H, W, target, teacher, teacher_mix, boxes, ignore, ignore_mix, lse,
+                                       code, rows);
   const c10::cuda::CUDAGuard guard(student.device());
   const int64_t B = student.size(0), N = student.size(1);
-  TORCH_CHECK(H <= INT32_MAX && B <= 65535, kPlLossOp, ": crop height or batch too large for the CUDA kernel");
+  TORCH_CHECK(H <= INT32_MAX && B <= 65535, kPseudoLabelLossOp, ": crop height or batch too large for the CUDA kernel");
   // Teacher logits are read in the student's dtype, or in the accumulation dtype when they differ (a low-res cast).
-  const auto acc_type = pl_loss_acc_type(student);
+  const auto acc_type = pseudo_label_loss_acc_type(student);
   at::Tensor te, mx;
   bool same = true;
   if (teacher.has_value()) {
@@ -126,11 +127,11 @@ void pl_loss_forward_cuda(const at::Tensor& student, int64_t H, int64_t W, const
   const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(B));
   const int threads = static_cast<int>(std::min<int64_t>(kForwardThreads, (W + 31) / 32 * 32));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pl_loss_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pseudo_label_loss_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto launch = [&](auto tscalar) {
       using tscalar_t = decltype(tscalar);
-      pl_loss_forward_kernel<scalar_t, tscalar_t, acc_t><<<grid, threads, 0, stream>>>(
+      pseudo_label_loss_forward_kernel<scalar_t, tscalar_t, acc_t><<<grid, threads, 0, stream>>>(
           student.const_data_ptr<scalar_t>(), st, ta, ma, tgt, bx, ig, igm, N, H, W, static_cast<acc_t>(threshold),
           static_cast<acc_t>(scale), use_threshold, lse.mutable_data_ptr<acc_t>(), code.mutable_data_ptr<int32_t>(),
           rows.mutable_data_ptr<double>());
@@ -140,18 +141,18 @@ void pl_loss_forward_cuda(const at::Tensor& student, int64_t H, int64_t W, const
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void pl_loss_backward_cuda(const at::Tensor& student, const at::Tensor& lse, const at::Tensor& code,
-                           const at::Tensor& gscale, at::Tensor& grad) {
-  pl_loss_check_backward_args(student, lse, code, gscale, grad);
+void backward_cuda(const at::Tensor& student, const at::Tensor& lse, const at::Tensor& code, const at::Tensor& gscale,
+                   at::Tensor& grad) {
+  pseudo_label_loss_check_backward_args(student, lse, code, gscale, grad);
   const c10::cuda::CUDAGuard guard(student.device());
   const int64_t B = student.size(0), N = student.size(1), h = student.size(2), w = student.size(3);
   const int64_t total = B * N * h * w;
   if (total == 0) return;
   const auto blocks = static_cast<unsigned>((total + kBackwardThreads - 1) / kBackwardThreads);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pl_loss_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pseudo_label_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    pl_loss_backward_kernel<scalar_t, acc_t><<<blocks, kBackwardThreads, 0, stream>>>(
+    pseudo_label_loss_backward_kernel<scalar_t, acc_t><<<blocks, kBackwardThreads, 0, stream>>>(
         student.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), code.const_data_ptr<int32_t>(),
         gscale.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), B, N, h, w, lse.size(1), lse.size(2));
   });
@@ -161,8 +162,8 @@ void pl_loss_backward_cuda(const at::Tensor& student, const at::Tensor& lse, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(semivl_fast_C, CUDA, m) {
-  m.impl("pl_loss_forward_", &pl_loss_forward_cuda);
-  m.impl("pl_loss_backward_", &pl_loss_backward_cuda);
+  m.impl("pseudo_label_loss_forward_", &forward_cuda);
+  m.impl("pseudo_label_loss_backward_", &backward_cuda);
 }
 
 }  // namespace semivl_fast

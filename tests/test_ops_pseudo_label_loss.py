@@ -1,9 +1,10 @@
 """Fused pseudo-label loss: every face vs the reference (loss, stats, student gradient), hand-made cases, gradcheck,
-poisoned outputs, errors, opcheck, torch.compile and the Triton AOT specs.
+poisoned outputs, the face choice, errors, opcheck, torch.compile and the Triton AOT specs.
 
-Faces: the C++ CPU kernel on its three paths (SEMIVL_FAST_PL_LOSS_CPU = avx2 | vec1 | pixel; "pixel" runs the CUDA
-kernels' per-pixel functions, so the CUDA C++ face's math is tested here too; its launch code needs a GPU, compile
-checks in test_gpu_compile.py), Triton (under the interpreter on CPU, fp32/fp16, small grids).
+Faces, forced with SEMIVL_FAST_BACKEND_PSEUDO_LABEL_LOSS: the C++ CPU kernel on its three paths
+(SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU = avx2 | vec1 | pixel; "pixel" runs the CUDA kernels' per-pixel functions, so the
+CUDA C++ face's math is tested here too; its launch code needs a GPU, compile checks in test_gpu_compile.py), Triton
+(under the interpreter on CPU, fp32/fp16, small grids).
 
 Pseudo-label targets are discrete (argmax, threshold), so the random teachers are probed in float64 first: pixels
 whose top-2 probabilities are within MARGIN or whose confidence is within MARGIN of the threshold are marked as
@@ -12,38 +13,28 @@ padding (ignore / ignore_mix). The accepted set is then identical in every face 
 
 from __future__ import annotations
 
+import importlib
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import semivl_fast
-from semivl_fast.ops import pl_loss as P
-from semivl_fast.ops.pl_loss import (
+from semivl_fast.ops import _common
+from semivl_fast.ops.pseudo_label_loss import (
+    FACES,
+    OP,
     box_mask,
     pseudo_label_loss,
-    pseudo_label_loss_cpp,
     pseudo_label_loss_reference,
-    pseudo_label_loss_triton,
+    select_face,
 )
 
+from faces import TRITON_DEVICE, aot_kernels, face, jit_kernels, needs, use_face
 from tolerances import assert_close, assert_grad_rel
 
-needs_ext = pytest.mark.skipif(not semivl_fast.has_ext(), reason="C++ extension not built")
-try:
-    import triton  # noqa: F401
-
-    _TRITON = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-except ImportError:
-    _TRITON = False
-needs_triton = pytest.mark.skipif(not _TRITON, reason="needs triton (GPU or TRITON_INTERPRET=1)")
-needs_cuda_ext = pytest.mark.skipif(not (torch.cuda.is_available() and semivl_fast.has_cuda_ext()),
-                                    reason="needs a GPU and the CUDA C++ kernels")
+P = importlib.import_module("semivl_fast.ops.pseudo_label_loss")  # the module (the package exports the function)
 MARGIN = 2e-3
 MODES = ("threshold", "confidence", "none")
 REDUCTIONS = ("valid", "all")
@@ -109,6 +100,18 @@ def _run(fn, kw, size, **extra):
     return loss.detach(), stats, grad
 
 
+def _on(kw, device):
+    """The op's kwargs on ``device``, the student a fresh leaf that requires grad."""
+    moved = {k: v.detach().to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
+    moved["student"].requires_grad_()
+    return moved
+
+
+def _run_on(device, kw, size, **extra):
+    """``_run`` of pseudo_label_loss (the forced face) with the inputs on ``device``; results on the CPU."""
+    return tuple(t.cpu() for t in _run(pseudo_label_loss, _on(kw, device), size, **extra))
+
+
 def _reference64(kw, size, **extra):
     """The reference on float64 copies of every floating input: the truth the kernels are held to."""
     up = {k: (v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
@@ -145,42 +148,42 @@ CPU_PATHS = ("avx2", "vec1", "pixel")
 
 
 def _use_cpu_path(path, monkeypatch):
-    monkeypatch.setenv("SEMIVL_FAST_PL_LOSS_CPU", path)
-    if semivl_fast.has_ext() and torch.ops.semivl_fast_C.pl_loss_cpu_path() != path:
+    monkeypatch.setenv("SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU", path)
+    if semivl_fast.has_ext() and torch.ops.semivl_fast_C.pseudo_label_loss_cpu_path() != path:
         pytest.skip(f"CPU path {path} unavailable here (no AVX2+FMA)")
 
 
 @pytest.fixture(params=CPU_PATHS)
 def cpp_path(request, monkeypatch):
-    """The three paths of the C++ CPU kernel: at::vec AVX2, the same generic kernel with one lane (portable), and
-    the per-pixel functions the CUDA kernels run (their math, tested here without a GPU)."""
+    """The C++ face, forced, on the three paths of its CPU kernel: at::vec AVX2, the same generic kernel with one
+    lane (portable), and the per-pixel functions the CUDA kernels run (their math, tested here without a GPU)."""
     _use_cpu_path(request.param, monkeypatch)
+    use_face(monkeypatch, OP, "cpp")
     return request.param
 
 
 def _faces():
-    """Every face as a public function: the reference, the C++ kernel on each CPU path (any_face sets it), Triton."""
-    faces = [pytest.param(pseudo_label_loss_reference, id="reference")]
-    faces += [pytest.param(path, id=f"cpp_{path}", marks=needs_ext) for path in CPU_PATHS]
-    faces += [pytest.param(pseudo_label_loss_triton, id="triton", marks=needs_triton)]
-    return faces
+    """Every face: the reference, the C++ kernel on each CPU path (any_face sets it), Triton."""
+    return [pytest.param("reference", id="reference"),
+            *[pytest.param(f"cpp_{path}", id=f"cpp_{path}", marks=needs("cpp")) for path in CPU_PATHS],
+            face("triton")]
 
 
 @pytest.fixture
 def any_face(request, monkeypatch):
-    face = request.param
-    if face in CPU_PATHS:
-        _use_cpu_path(face, monkeypatch)
-        face = pseudo_label_loss_cpp
-    return face
-
-
-BACKEND = {pseudo_label_loss_reference: "reference", pseudo_label_loss_cpp: "cpp", pseudo_label_loss_triton: "triton"}
+    """Forces the face of ``request.param`` (cpp_<path>: the C++ face on that CPU path) for pseudo_label_loss and
+    returns its name."""
+    name = request.param
+    if name.startswith("cpp_"):
+        _use_cpu_path(name.removeprefix("cpp_"), monkeypatch)
+        name = "cpp"
+    use_face(monkeypatch, OP, name)
+    return name
 
 
 # ----------------------------------------------------------------------------------------- C++ vs reference
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -188,26 +191,25 @@ def test_cpp_pseudo_labels_match_reference(shape, mode, reduction, cpp_path):
     b, n, low, size, t_low, m_low = SHAPES[shape]
     kw = _make(b, n, low, size, teacher_low=t_low, mix_low=m_low, seed=sum(map(ord, shape + mode)))
     ref = _reference64(kw, size, mode=mode, reduction=reduction)
-    out = _run(pseudo_label_loss_cpp, kw, size, mode=mode, reduction=reduction)
+    out = _run(pseudo_label_loss, kw, size, mode=mode, reduction=reduction)
     _assert_matches(out, ref, "cpp", torch.float32, f"{shape}/{mode}/{reduction}/{cpp_path}")
 
 
-@needs_cuda_ext
+@needs("cuda")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("supervised", [False, True], ids=["pseudo", "supervised"])
-def test_cuda_cpp_matches_reference(shape, mode, supervised):
+def test_cuda_cpp_matches_reference(shape, mode, supervised, monkeypatch):
     """The CUDA C++ kernels (the C++ op on CUDA tensors) against the float64 reference on the CPU."""
+    use_face(monkeypatch, OP, "cuda")
     b, n, low, size, t_low, m_low = SHAPES[shape]
     kw = _make(b, n, low, size, teacher_low=t_low, mix_low=m_low, supervised=supervised, seed=sum(map(ord, shape)))
     ref = _reference64(kw, size, mode=mode, reduction="valid")
-    on_gpu = {k: v.detach().cuda() if torch.is_tensor(v) else v for k, v in kw.items()}
-    on_gpu["student"].requires_grad_()
-    out = tuple(t.cpu() for t in _run(pseudo_label_loss_cpp, on_gpu, size, mode=mode, reduction="valid"))
+    out = _run_on("cuda", kw, size, mode=mode, reduction="valid")
     _assert_matches(out, ref, "cuda", torch.float32, f"{shape}/{mode}/cuda")
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -215,11 +217,11 @@ def test_cpp_supervised_matches_reference(shape, mode, reduction, cpp_path):
     b, n, low, size, _, _ = SHAPES[shape]
     kw = _make(b, n, low, size, supervised=True, seed=3)
     ref = _reference64(kw, size, mode=mode, reduction=reduction)
-    out = _run(pseudo_label_loss_cpp, kw, size, mode=mode, reduction=reduction)
+    out = _run(pseudo_label_loss, kw, size, mode=mode, reduction=reduction)
     _assert_matches(out, ref, "cpp", torch.float32, f"supervised {shape}/{mode}/{reduction}")
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", ["odd_7x9_to_33x30", "n150"])
 def test_cpp_dtypes(dtype, shape, cpp_path):
@@ -227,18 +229,18 @@ def test_cpp_dtypes(dtype, shape, cpp_path):
     for mode, supervised in (("threshold", False), ("confidence", False), ("none", True)):
         kw = _make(b, n, low, size, dtype, teacher_low=t_low, mix_low=m_low, supervised=supervised, seed=5)
         ref = _reference64(kw, size, mode=mode)
-        out = _run(pseudo_label_loss_cpp, kw, size, mode=mode)
+        out = _run(pseudo_label_loss, kw, size, mode=mode)
         _assert_matches(out, ref, "cpp", dtype, f"{dtype}/{shape}/{mode}")
 
 
-@needs_ext
+@needs("cpp")
 def test_cpp_teacher_dtype_differs_from_student(cpp_path):
     kw = _make(2, 21, (7, 9), (33, 30), torch.bfloat16, teacher_low=(5, 6), seed=9)
     kw["teacher"] = kw["teacher"].float()  # fp32 teacher, bf16 student; partner stays bf16
-    _assert_matches(_run(pseudo_label_loss_cpp, kw, (33, 30)), _reference64(kw, (33, 30)), "cpp", torch.bfloat16)
+    _assert_matches(_run(pseudo_label_loss, kw, (33, 30)), _reference64(kw, (33, 30)), "cpp", torch.bfloat16)
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("boxes", [
     [[5, 5, 5, 5], [3, 9, 3, 20]],                # empty boxes
     [[10, 12, 2, 3], [20, 20, 0, 0]],             # inverted = empty
@@ -248,24 +250,24 @@ def test_cpp_teacher_dtype_differs_from_student(cpp_path):
 ], ids=["empty", "inverted", "full", "past_borders", "border_line"])
 def test_cpp_cutmix_boxes(boxes, cpp_path):
     kw = _make(2, 19, (7, 9), (33, 30), teacher_low=(5, 6), mix_low=(7, 9), boxes=torch.tensor(boxes), seed=11)
-    _assert_matches(_run(pseudo_label_loss_cpp, kw, (33, 30)), _reference64(kw, (33, 30)), "cpp", torch.float32)
+    _assert_matches(_run(pseudo_label_loss, kw, (33, 30)), _reference64(kw, (33, 30)), "cpp", torch.float32)
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("ignore_dtype", [torch.bool, torch.uint8])
 def test_cpp_ignore_masks_bool_and_uint8(ignore_dtype, cpp_path):
     kw = _make(2, 21, (8, 8), (32, 32), ignore_dtype=ignore_dtype, pad=0.4, seed=13)
-    _assert_matches(_run(pseudo_label_loss_cpp, kw, (32, 32)), _reference64(kw, (32, 32)), "cpp", torch.float32)
+    _assert_matches(_run(pseudo_label_loss, kw, (32, 32)), _reference64(kw, (32, 32)), "cpp", torch.float32)
     kw.pop("ignore_mix")  # partner without padding
-    _assert_matches(_run(pseudo_label_loss_cpp, kw, (32, 32)), _reference64(kw, (32, 32)), "cpp", torch.float32)
+    _assert_matches(_run(pseudo_label_loss, kw, (32, 32)), _reference64(kw, (32, 32)), "cpp", torch.float32)
 
 
-@needs_ext
+@needs("cpp")
 def test_cpp_clip_guidance_scale_100_threshold_09(cpp_path):
     # CLIP-like similarities (small logits) from a 5x6 grid, sharpened by 100 and filtered at 0.9
     kw = _make(2, 21, (8, 8), (32, 32), teacher_low=(5, 6), mix_low=(4, 4), scale=100.0, threshold=0.9, spread=4.0,
                seed=17)
-    out = _run(pseudo_label_loss_cpp, kw, (32, 32))
+    out = _run(pseudo_label_loss, kw, (32, 32))
     ref = _reference64(kw, (32, 32))
     _assert_matches(out, ref, "cpp", torch.float32)
     assert 0.05 < out[1][0] < 0.95, "the guidance case should accept some pixels and reject others"
@@ -285,15 +287,16 @@ TRITON_CASES = {
 }
 
 
-@needs_triton
+@needs("triton")
 @pytest.mark.parametrize("case", TRITON_CASES, ids=str)
-def test_triton_matches_reference(case):
+def test_triton_matches_reference(case, monkeypatch):
+    use_face(monkeypatch, OP, "triton")
     c = dict(TRITON_CASES[case])
     b, n, low, size, t_low, m_low = SHAPES[c.pop("shape")]
     mode, reduction, dtype = c.pop("mode"), c.pop("reduction"), c.pop("dtype", torch.float32)
     kw = _make(b, n, low, size, dtype, teacher_low=t_low, mix_low=m_low, seed=23, **c)
     ref = _reference64(kw, size, mode=mode, reduction=reduction)
-    out = _run(pseudo_label_loss_triton, kw, size, mode=mode, reduction=reduction)
+    out = _run_on(TRITON_DEVICE, kw, size, mode=mode, reduction=reduction)
     _assert_matches(out, ref, "triton", dtype, case)
 
 
@@ -309,7 +312,7 @@ def test_non_contiguous_inputs(any_face):
     for name in ("ignore", "ignore_mix"):
         nc[name] = kw[name].transpose(1, 2).contiguous().transpose(1, 2)
     assert not any(nc[k].is_contiguous() for k in ("student", "teacher", "teacher_mix", "ignore", "ignore_mix"))
-    _assert_matches(_run(any_face, nc, (33, 30)), _reference64(kw, (33, 30)), BACKEND[any_face], torch.float32)
+    _assert_matches(_run(pseudo_label_loss, nc, (33, 30)), _reference64(kw, (33, 30)), any_face, torch.float32)
 
 
 def _code64(kw, size, use_threshold):
@@ -352,7 +355,7 @@ def test_labels_and_masks_match_reference_exactly(any_face, case):
     assert (want >= 0).any() and (want < 0).any()
     stats = _reference64(kw, size, mode=mode)[1]
     assert stats[0] == ((want >= 0).sum().double() / valid.sum().double()).float()
-    _, code, _ = P._FORWARD[BACKEND[any_face]](kw["student"].detach(), list(size), kw.get("target"),
+    _, code, _ = P._FORWARD[any_face](kw["student"].detach(), list(size), kw.get("target"),
                                                 kw.get("teacher"), kw.get("teacher_mix"), kw.get("boxes"),
                                                 kw.get("ignore"), kw.get("ignore_mix"), kw["threshold"],
                                                 kw.get("scale", 1.0), mode == "threshold")
@@ -367,7 +370,7 @@ def test_hand_made_supervised_1x1_to_2x2(any_face):
     # ce = log(1 + e^-1) = 0.31326168751822286 per pixel, mean over 4 valid pixels = the same.
     # d loss / d logit_0 = softmax_0 - 1 = sigmoid(1) - 1 = -0.2689414213699951 (4 pixels x weight 1/4), logit_1: +.
     student = torch.tensor([[[[1.0]], [[0.0]]]], requires_grad=True)
-    loss, stats = any_face(student, (2, 2), target=torch.zeros(1, 2, 2, dtype=torch.long))
+    loss, stats = pseudo_label_loss(student, (2, 2), target=torch.zeros(1, 2, 2, dtype=torch.long))
     (grad,) = torch.autograd.grad(loss, student)
     torch.testing.assert_close(loss, torch.tensor(0.31326168751822286), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stats, torch.tensor([1.0, 1.0]))
@@ -389,7 +392,7 @@ def test_hand_made_pseudo_labels_1x2_to_1x4(any_face):
     # = [0.03890370820011591, 0.24171112460034774], class 1 = the negatives.
     student = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
     teacher = torch.tensor([[[[0.0, 0.0]], [[-2.0, 4.0]]]])
-    loss, stats = any_face(student, (1, 4), teacher=teacher, threshold=0.9)
+    loss, stats = pseudo_label_loss(student, (1, 4), teacher=teacher, threshold=0.9)
     (grad,) = torch.autograd.grad(loss, student)
     torch.testing.assert_close(loss, torch.tensor(0.41680604118501297), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stats, torch.tensor([0.5, 0.8523530047991004]), atol=1e-6, rtol=1e-6)
@@ -420,7 +423,7 @@ def test_hand_made_confidence_weighted_1x2_to_1x4(any_face):
     student = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
     teacher = torch.tensor([[[[0.0, 0.0]], [[-2.0, 4.0]]]])
     ignore = torch.tensor([[[False, True, False, False]]])
-    loss, stats = any_face(student, (1, 4), teacher=teacher, ignore=ignore, threshold=0.99, mode="confidence")
+    loss, stats = pseudo_label_loss(student, (1, 4), teacher=teacher, ignore=ignore, threshold=0.99, mode="confidence")
     (grad,) = torch.autograd.grad(loss, student)
     m = (_sigmoid(2) + _sigmoid(2.5) + _sigmoid(4)) / 3
     torch.testing.assert_close(loss, torch.tensor(m * (_softplus(-2) + _softplus(0.5) + _softplus(0)) / 3),
@@ -438,7 +441,7 @@ def test_hand_made_clip_guidance_1x2_to_1x4(any_face):
     student = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]], requires_grad=True)
     teacher = torch.tensor([[[[0.0, 0.0]], [[-0.02, 0.04]]]])
     ignore = torch.tensor([[[False, False, False, True]]])
-    loss, stats = any_face(student, (1, 4), teacher=teacher, ignore=ignore, scale=100.0, threshold=0.9,
+    loss, stats = pseudo_label_loss(student, (1, 4), teacher=teacher, ignore=ignore, scale=100.0, threshold=0.9,
                            reduction="all")
     (grad,) = torch.autograd.grad(loss, student)
     torch.testing.assert_close(loss, torch.tensor(_softplus(0.5) / 4), atol=1e-6, rtol=1e-6)
@@ -458,25 +461,28 @@ def test_gradcheck_reference(mode):
                                     (student,))
 
 
-@needs_ext
+@needs("cpp")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("supervised", [False, True])
 def test_gradcheck_cpp(mode, supervised, cpp_path):
     kw = _make(2, 3, (3, 4), (5, 7), torch.float64, teacher_low=(2, 3), mix_low=(3, 3), supervised=supervised,
                seed=31)
     student = kw.pop("student")
-    assert torch.autograd.gradcheck(lambda s: pseudo_label_loss_cpp(s, (5, 7), **kw, mode=mode)[0], (student,))
+    assert torch.autograd.gradcheck(lambda s: pseudo_label_loss(s, (5, 7), **kw, mode=mode)[0], (student,))
 
 
 # ------------------------------------------------------------------------------------------ poisoned outputs
 
-def _raw_faces():
-    return [pytest.param("cpp", marks=needs_ext), pytest.param("triton", marks=needs_triton)]
+KERNEL_FACES = [face("cpp"), face("triton")]
 
 
-@pytest.mark.parametrize("face", _raw_faces())
+def _device(face):
+    return TRITON_DEVICE if face == "triton" else "cpu"
+
+
+@pytest.mark.parametrize("face", KERNEL_FACES)
 def test_forward_writes_every_scratch_element(face):
-    kw = _make(2, 5, (7, 9), (33, 30), teacher_low=(5, 6), seed=37)
+    kw = _on(_make(2, 5, (7, 9), (33, 30), teacher_low=(5, 6), seed=37), _device(face))
     args = (kw["student"].detach(), [33, 30], None, kw["teacher"], kw["teacher_mix"], kw["boxes"], kw["ignore"],
             kw["ignore_mix"], kw["threshold"], 1.0, True)
     lse, code, rows = P._FORWARD[face](*args)
@@ -485,93 +491,102 @@ def test_forward_writes_every_scratch_element(face):
     assert (lse[code < 0] == 0).all() and (code >= 0).any() and (code < 0).any()
 
 
-@pytest.mark.parametrize("face", _raw_faces())
-def test_gradient_fully_written_when_nothing_is_accepted(face):
+@pytest.mark.parametrize("face", KERNEL_FACES)
+def test_gradient_fully_written_when_nothing_is_accepted(face, monkeypatch):
     # threshold above 1: nothing accepted -> loss 0 and a gradient of exact zeros (not the poison)
+    use_face(monkeypatch, OP, face)
     kw = _make(2, 5, (7, 9), (33, 30), teacher_low=(5, 6), seed=41)
     kw["threshold"] = 1.5
-    fn = pseudo_label_loss_cpp if face == "cpp" else pseudo_label_loss_triton
-    loss, stats, grad = _run(fn, kw, (33, 30))
+    loss, stats, grad = _run_on(_device(face), kw, (33, 30))
     assert loss == 0 and stats[0] == 0 and torch.equal(grad, torch.zeros_like(grad))
 
 
-@pytest.mark.parametrize("face", _raw_faces())
-def test_downsampling_writes_low_res_rows_without_contributions(face):
+@pytest.mark.parametrize("face", KERNEL_FACES)
+def test_downsampling_writes_low_res_rows_without_contributions(face, monkeypatch):
     # 9 low-res rows -> 3 high-res rows: some low-res rows feed no pixel; their gradient must be 0, not poison
+    use_face(monkeypatch, OP, face)
     kw = _make(1, 4, (9, 8), (3, 2), supervised=True, seed=43)
-    fn = pseudo_label_loss_cpp if face == "cpp" else pseudo_label_loss_triton
-    out = _run(fn, kw, (3, 2))
+    out = _run_on(_device(face), kw, (3, 2))
     _assert_matches(out, _reference64(kw, (3, 2)), face, torch.float32)
     assert (out[2] == 0).any()
 
 
 # --------------------------------------------------------------------------------------------------- errors
 
-def _public_faces():
-    return [pytest.param(pseudo_label_loss_reference, id="reference"), pytest.param(pseudo_label_loss, id="dispatch"),
-            pytest.param(pseudo_label_loss_cpp, id="cpp", marks=needs_ext),
-            pytest.param(pseudo_label_loss_triton, id="triton", marks=needs_triton)]
+def _entry(face, monkeypatch):
+    """The reference function itself ("ref"), or pseudo_label_loss with ``face`` forced."""
+    if face == "ref":
+        return pseudo_label_loss_reference
+    use_face(monkeypatch, OP, face)
+    return pseudo_label_loss
 
 
-@pytest.mark.parametrize("face", _public_faces())
-def test_bad_arguments_name_the_argument(face):
+ENTRIES = ["ref", "reference", face("cpp"), face("triton")]
+
+
+@pytest.mark.parametrize("face", ENTRIES)
+def test_bad_arguments_name_the_argument(face, monkeypatch):
+    fn = _entry(face, monkeypatch)
     s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
     with pytest.raises(ValueError, match="'student' must be 4-D"):
-        face(s[0], (8, 10), teacher=t)
+        fn(s[0], (8, 10), teacher=t)
     with pytest.raises(TypeError, match="'student' must be a floating-point"):
-        face(s.long(), (8, 10), teacher=t)
+        fn(s.long(), (8, 10), teacher=t)
     with pytest.raises(ValueError, match="apply to pseudo-labels only"):  # never silently ignored
-        face(s, (8, 10), target=torch.zeros(2, 8, 10, dtype=torch.long), ignore=torch.zeros(2, 8, 10).bool())
+        fn(s, (8, 10), target=torch.zeros(2, 8, 10, dtype=torch.long), ignore=torch.zeros(2, 8, 10).bool())
     with pytest.raises(ValueError, match="exactly one of 'target'"):
-        face(s, (8, 10))
+        fn(s, (8, 10))
     with pytest.raises(ValueError, match="'target' must be int64"):
-        face(s, (8, 10), target=torch.zeros(2, 8, 10, dtype=torch.int32))
+        fn(s, (8, 10), target=torch.zeros(2, 8, 10, dtype=torch.int32))
     with pytest.raises(ValueError, match="'teacher' must be"):
-        face(s, (8, 10), teacher=torch.randn(2, 4, 4, 5))
+        fn(s, (8, 10), teacher=torch.randn(2, 4, 4, 5))
     with pytest.raises(ValueError, match="'teacher_mix' and 'boxes' go together"):
-        face(s, (8, 10), teacher=t, teacher_mix=t)
+        fn(s, (8, 10), teacher=t, teacher_mix=t)
     with pytest.raises(ValueError, match="'boxes' must be integer"):
-        face(s, (8, 10), teacher=t, teacher_mix=t, boxes=torch.zeros(2, 4))
+        fn(s, (8, 10), teacher=t, teacher_mix=t, boxes=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="'ignore' must be bool/uint8"):
-        face(s, (8, 10), teacher=t, ignore=torch.zeros(2, 8, 10))
+        fn(s, (8, 10), teacher=t, ignore=torch.zeros(2, 8, 10))
     with pytest.raises(ValueError, match="'ignore_mix' must be bool/uint8"):
-        face(s, (8, 10), teacher=t, ignore_mix=torch.zeros(2, 10, 8, dtype=torch.bool))
+        fn(s, (8, 10), teacher=t, ignore_mix=torch.zeros(2, 10, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="'mode' must be one of"):
-        face(s, (8, 10), teacher=t, mode="soft")
+        fn(s, (8, 10), teacher=t, mode="soft")
     with pytest.raises(ValueError, match="'reduction' must be one of"):
-        face(s, (8, 10), teacher=t, reduction="sum")
+        fn(s, (8, 10), teacher=t, reduction="sum")
     with pytest.raises(ValueError, match="'size' must be"):
-        face(s, (0, 10), teacher=t)
+        fn(s, (0, 10), teacher=t)
 
 
-@pytest.mark.parametrize("face", _public_faces())
-def test_wrong_device_names_the_argument(face):
+@pytest.mark.parametrize("face", ENTRIES)
+def test_wrong_device_names_the_argument(face, monkeypatch):
+    fn = _entry(face, monkeypatch)
     s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
     meta = lambda x: x.to("meta")
     mask, boxes = torch.zeros(2, 8, 10, dtype=torch.bool), torch.tensor([[0, 0, 4, 4], [2, 2, 8, 10]])
     with pytest.raises(ValueError, match="'target' is on meta but 'student' on cpu"):
-        face(s, (8, 10), target=meta(torch.zeros(2, 8, 10, dtype=torch.long)))
+        fn(s, (8, 10), target=meta(torch.zeros(2, 8, 10, dtype=torch.long)))
     for name, kw in (("teacher", dict(teacher=meta(t))),
                      ("teacher_mix", dict(teacher=t, teacher_mix=meta(t), boxes=boxes)),
                      ("boxes", dict(teacher=t, teacher_mix=t, boxes=meta(boxes))),
                      ("ignore", dict(teacher=t, ignore=meta(mask))),
                      ("ignore_mix", dict(teacher=t, teacher_mix=t, boxes=boxes, ignore_mix=meta(mask)))):
         with pytest.raises(ValueError, match=f"'{name}' is on meta but 'student' on cpu"):
-            face(s, (8, 10), **kw)
+            fn(s, (8, 10), **kw)
 
 
-@needs_ext
-def test_cpp_rejects_labels_out_of_range():
+@needs("cpp")
+def test_cpp_rejects_labels_out_of_range(monkeypatch):
+    use_face(monkeypatch, OP, "cpp")
     s = torch.randn(1, 3, 2, 2)
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     target[0, 1, 2] = 7
     with pytest.raises(RuntimeError, match=r"argument 'target' has label 7 at \(0, 1, 2\)"):
-        pseudo_label_loss_cpp(s, (4, 4), target=target)
+        pseudo_label_loss(s, (4, 4), target=target)
 
 
-@needs_ext
+@needs("cpp")
 def test_raw_cpp_ops_check_their_arguments():
-    fwd, bwd = torch.ops.semivl_fast_C.pl_loss_forward_, torch.ops.semivl_fast_C.pl_loss_backward_
+    fwd = torch.ops.semivl_fast_C.pseudo_label_loss_forward_
+    bwd = torch.ops.semivl_fast_C.pseudo_label_loss_backward_
     s, t = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
     lse, code, rows = torch.empty(2, 8, 10), torch.empty(2, 8, 10, dtype=torch.int32), torch.empty(2, 8, 4).double()
     call = lambda *a, **k: fwd(*a, **k)
@@ -595,57 +610,84 @@ def test_raw_cpp_ops_check_their_arguments():
         bwd(s, lse, code, torch.ones(3), torch.empty(2, 3, 4, 5))
 
 
-@needs_triton
+@needs("triton")
 def test_triton_launcher_checks_its_arguments():
-    from semivl_fast.kernels import pl_loss as K
+    from semivl_fast.kernels import pseudo_label_loss as K  # lazy: imports triton (the test needs it)
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = TRITON_DEVICE
     s, t = torch.randn(2, 3, 4, 5, device=dev), torch.randn(2, 3, 4, 5, device=dev)
     lse, gscale = torch.zeros(2, 8, 10, device=dev), torch.ones(2, device=dev)
     code = lambda dtype=torch.int32, device=dev: torch.zeros(2, 8, 10, dtype=dtype, device=device)
+    part = torch.zeros(K.partial_sums_shape(2, (8, 10)), device=dev)
+    outs = (lse, code(), part)
     with pytest.raises(ValueError, match="'student' must be contiguous"):
-        K.forward(s.transpose(2, 3), [8, 10], None, t, None, None, None, None, 0.5, 1.0, True)
+        K.forward(s.transpose(2, 3), [8, 10], None, t, None, None, None, None, 0.5, 1.0, True, *outs)
     with pytest.raises(TypeError, match="'target' must be one of"):
-        K.forward(s, [8, 10], code(), None, None, None, None, None, 0.5, 1.0, True)
+        K.forward(s, [8, 10], code(), None, None, None, None, None, 0.5, 1.0, True, *outs)
     with pytest.raises(ValueError, match=f"'teacher' is on meta but 'student' on {s.device}"):
-        K.forward(s, [8, 10], None, t.to("meta"), None, None, None, None, 0.5, 1.0, True)
+        K.forward(s, [8, 10], None, t.to("meta"), None, None, None, None, 0.5, 1.0, True, *outs)
+    with pytest.raises(ValueError, match=r"'part' must have shape \(2, 8, 1, 4\)"):
+        K.forward(s, [8, 10], None, t, None, None, None, None, 0.5, 1.0, True, lse, code(), part[:, :, :0])
+    with pytest.raises(TypeError, match="'lse' must be one of"):
+        K.forward(s, [8, 10], None, t, None, None, None, None, 0.5, 1.0, True, lse.double(), code(), part)
+    grad = torch.empty_like(s)
     with pytest.raises(TypeError, match="'code' must be one of"):
-        K.backward(s, lse, code(torch.int64), gscale)
+        K.backward(s, lse, code(torch.int64), gscale, grad)
     with pytest.raises(ValueError, match=f"'code' is on meta but 'student' on {s.device}"):
-        K.backward(s, lse, code(device="meta"), gscale)
+        K.backward(s, lse, code(device="meta"), gscale, grad)
+    with pytest.raises(ValueError, match=r"'grad' must have shape \(2, 3, 4, 5\)"):
+        K.backward(s, lse, code(), gscale, grad[:1])
 
 
 # ------------------------------------------------------------------------------- dispatch, opcheck, compile
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_ext),
-                                     pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", ["reference", face("cpp"), face("triton")])
 def test_dispatch_follows_the_backend_switch(backend, monkeypatch):
-    monkeypatch.setenv("SEMIVL_FAST_BACKEND_PSEUDO_LABEL_LOSS", backend)
+    use_face(monkeypatch, OP, backend)
     kw = _make(2, 5, (4, 4), (16, 16), teacher_low=(3, 3), seed=47)
     _assert_matches(_run(pseudo_label_loss, kw, (16, 16)), _reference64(kw, (16, 16)),
                     backend, torch.float32, backend)
 
 
-def _op_args(face):
+def test_select_face(monkeypatch):
+    """Automatic: C++ on CPU, Triton on CUDA (else the CUDA C++ kernel); the kernels take every dtype and shape, so
+    nothing else decides. The choice is pure logic: a CUDA device needs no GPU here."""
+    assert FACES == ("reference", "cpp", "cuda", "triton")
+    assert select_face(torch.device("cpu")) == ("cpp" if semivl_fast.has_ext() else "reference")
+    monkeypatch.setattr(_common, "has_triton", lambda: True)
+    assert select_face(torch.device("cuda")) == "triton"
+    monkeypatch.setattr(_common, "has_triton", lambda: False)
+    monkeypatch.setattr(_common, "has_cuda_ext", lambda: True)
+    assert select_face(torch.device("cuda")) == "cuda"
+    use_face(monkeypatch, OP, "cuda")
+    with pytest.raises(RuntimeError, match="the CUDA C\\+\\+ face runs on CUDA tensors, got cpu"):
+        select_face(torch.device("cpu"))
+    use_face(monkeypatch, OP, "reference")
+    with pytest.raises(RuntimeError, match=r"face 'reference' runs in semivl_fast.ops.pseudo_label_loss\(\)"):
+        torch.ops.semivl_fast.pseudo_label_loss(*_op_args())
+
+
+def _op_args():
     kw = _make(2, 4, (3, 5), (7, 11), teacher_low=(2, 3), mix_low=(3, 3), seed=53)
     return (kw["student"].detach().requires_grad_(), [7, 11], None, kw["teacher"], kw["teacher_mix"], kw["boxes"],
-            kw["ignore"], kw["ignore_mix"], kw["threshold"], 1.0, "threshold", "valid", face)
+            kw["ignore"], kw["ignore_mix"], kw["threshold"], 1.0, "threshold", "valid")
 
 
-@pytest.mark.parametrize("face", _raw_faces())
-def test_opcheck(face):
-    args = _op_args(face)
+@pytest.mark.parametrize("face", KERNEL_FACES)
+def test_opcheck(face, monkeypatch):
+    use_face(monkeypatch, OP, face)
+    args = _op_args()
     torch.library.opcheck(torch.ops.semivl_fast.pseudo_label_loss.default, args)
     sup = (args[0], [7, 11], torch.randint(0, 4, (2, 7, 11)), None, None, None, None, None, 0.5, 1.0, "confidence",
-           "all", face)
+           "all")
     torch.library.opcheck(torch.ops.semivl_fast.pseudo_label_loss.default, sup)
     _, _, lse, code, wimg = torch.ops.semivl_fast.pseudo_label_loss.default(*args)
     torch.library.opcheck(torch.ops.semivl_fast.pseudo_label_loss_backward.default,
-                          (torch.tensor(1.5), args[0].detach(), lse, code, wimg, face))
+                          (torch.tensor(1.5), args[0].detach(), lse, code, wimg))
 
 
 @pytest.mark.slow
-@needs_ext
+@needs("cpp")
 def test_torch_compile_fullgraph_forward_and_backward():
     kw = _make(2, 5, (7, 9), (33, 30), teacher_low=(5, 6), seed=59)
     student = kw.pop("student")
@@ -663,32 +705,13 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 # ------------------------------------------------------------------------------------------------------ AOT
 
-@needs_triton
 def test_aot_specs_cover_the_benchmark_kernels():
-    from semivl_fast.kernels import pl_loss as K
-
+    """Both kernels, fp32 and bf16, N = 21 and 150, pseudo-labels with CutMix and supervised (tests/test_gpu_compile.py
+    compiles them)."""
+    K = pytest.importorskip("semivl_fast.kernels.pseudo_label_loss")
+    assert aot_kernels(K) == jit_kernels(K) == {"_pseudo_label_loss_fwd_kernel", "_pseudo_label_loss_bwd_kernel"}
     names = {s.name for s in K.AOT_SPECS}
     for dtype in ("fp32", "bf16"):
         for n in (21, 150):
-            assert {f"pl_loss_fwd_{dtype}_N{n}_cutmix", f"pl_loss_fwd_{dtype}_N{n}_sup",
-                    f"pl_loss_bwd_{dtype}_N{n}"} <= names
-
-
-@pytest.mark.slow
-def test_triton_kernels_compile_for_sm80_and_sm90_without_spills():
-    pytest.importorskip("triton")
-    code = textwrap.dedent("""
-        from semivl_fast.kernels import pl_loss
-        from semivl_fast.kernels._aot import TARGETS, compile_spec
-        bad = []
-        for spec in pl_loss.AOT_SPECS:
-            for arch in TARGETS:
-                r = compile_spec(spec, arch)
-                print(f"{r.name:36s} sm_{arch} regs {r.registers:4d} spill {r.spill_bytes} shared {r.shared}")
-                bad += [] if r.ok else [r.name]
-        raise SystemExit(1 if bad else 0)
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
-    print(run.stdout)
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr[-3000:]}"
+            assert {f"pseudo_label_loss_fwd_{dtype}_N{n}_cutmix", f"pseudo_label_loss_fwd_{dtype}_N{n}_sup",
+                    f"pseudo_label_loss_bwd_{dtype}_N{n}"} <= names

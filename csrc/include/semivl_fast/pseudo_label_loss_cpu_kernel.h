@@ -1,9 +1,9 @@
-// Vector-width-agnostic CPU kernel of the fused pseudo-label loss (see pl_loss.h for the contract).
+// Vector-width-agnostic CPU kernel of the fused pseudo-label loss (contract: csrc/registration.cpp).
 //
-// NOT a normal header: csrc/cpu/pl_loss.cpp includes it once per instruction set, inside a namespace that provides
-// Vec<T> (at::vec::Vectorized<T> compiled for AVX2, or a one-lane portable stand-in) and the adapters
+// NOT a normal header: csrc/cpu/pseudo_label_loss.cpp includes it once per instruction set, inside a namespace that
+// provides Vec<T> (at::vec::Vectorized<T> compiled for AVX2, or a one-lane portable stand-in) and the adapters
 // vmax, vexp, hmax, hsum, first_equal. Hence no include guard. The per-pixel math that the CUDA kernel uses too
-// (bilinear taps, targets, CE) comes from pseudo_label_math.h; this file only vectorises the class loops.
+// (bilinear taps, targets, CE) comes from pseudo_label_loss_math.h; this file only vectorises the class loops.
 //
 // Layout: the NCHW low-res logits are read through a cache of *transposed* low-res rows (w, Np): one pixel's
 // classes are contiguous there (Np = N rounded up to the vector width, padding lanes masked with -inf). For a
@@ -148,8 +148,8 @@ void forward_rows(const FwdProblem<acc_t>& P, int64_t b, int64_t y_begin, int64_
     if (supervised) {
       const int64_t* t = P.target + pix;
       for (int64_t x = 0; x < W; ++x) {
-        TORCH_CHECK(label_in_range(t[x], N), kPlLossOp, ": argument 'target' has label ", t[x], " at (", b, ", ", y,
-                    ", ", x, "); labels must be in [0, ", N, ") or ", kIgnoreIndex, " (ignore)");
+        TORCH_CHECK(label_in_range(t[x], N), kPseudoLabelLossOp, ": argument 'target' has label ", t[x], " at (", b,
+                    ", ", y, ", ", x, "); labels must be in [0, ", N, ") or ", kIgnoreIndex, " (ignore)");
         const auto pt = given_target<acc_t>(t[x], P.use_threshold, P.threshold);
         sums[1] += pt.valid;
         sums[2] += pt.accepted;

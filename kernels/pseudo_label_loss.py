@@ -1,4 +1,5 @@
-"""Triton kernels of the fused pseudo-label loss (contract: ``semivl_fast.ops.pl_loss`` and ``semivl_fast/pl_loss.h``).
+"""Triton kernels of the fused pseudo-label loss (GPU face of ``semivl_fast.ops.pseudo_label_loss``; the same
+contract as the C++ kernels, csrc/registration.cpp, except that the row sums come as per-program partial sums).
 
 Forward: one program per (tile of BLOCK_P high-res pixels of one row, row, image). The bilinear taps of every pixel
 are computed in-kernel (PyTorch's align_corners=False rule) and the four low-res taps gathered per (pixel, class)
@@ -13,6 +14,9 @@ columns of the tile's support in BLOCK_X steps; the exact tap weights zero the r
 softmax of a (BLOCK_X, BLOCK_N) pixel tile from the saved lse and applies the adjoint of the horizontal taps as a
 (BLOCK_J, BLOCK_X) x (BLOCK_X, BLOCK_N) product (tl.dot, IEEE fp32), times the row's tap weight. Each low-res logit
 is written once: no atomics.
+
+The launchers ``forward`` and ``backward`` write into outputs the caller allocates (``partial_sums_shape`` gives the
+partial sums' shape).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import torch
 import triton
 import triton.language as tl
 
-from semivl_fast.kernels import INTERPRET
+from . import INTERPRET
+from ._aot import AotSpec
 
 OP = "pseudo_label_loss"
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-             torch.float64: tl.float64}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # what the launchers take
 
 
 @triton.jit
@@ -66,11 +70,11 @@ def _bilinear(ptr, o00, o01, o10, o11, ly0, ly1, lx0, lx1, mask, ACC: tl.constex
 
 
 @triton.jit
-def _pl_loss_fwd_kernel(student, teacher, mix, target, boxes, ignore, ignore_mix, lse_out, code_out, part_out,
-                        N, H, W, hs, ws, ht, wt, hm, wm, threshold, scale,
-                        SUPERVISED: tl.constexpr, HAS_MIX: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                        HAS_IGNORE_MIX: tl.constexpr, USE_THRESHOLD: tl.constexpr, BLOCK_P: tl.constexpr,
-                        BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+def _pseudo_label_loss_fwd_kernel(student, teacher, mix, target, boxes, ignore, ignore_mix, lse_out, code_out,
+                                  part_out, N, H, W, hs, ws, ht, wt, hm, wm, threshold, scale,
+                                  SUPERVISED: tl.constexpr, HAS_MIX: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                                  HAS_IGNORE_MIX: tl.constexpr, USE_THRESHOLD: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, ACC: tl.constexpr):
     pid_x = tl.program_id(0)
     y = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -168,8 +172,8 @@ def _pl_loss_fwd_kernel(student, teacher, mix, target, boxes, ignore, ignore_mix
 
 
 @triton.jit
-def _pl_loss_bwd_kernel(student, lse, code, gscale, grad, N, H, W, h, w, span_y,
-                        BLOCK_J: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+def _pseudo_label_loss_bwd_kernel(student, lse, code, gscale, grad, N, H, W, h, w, span_y, BLOCK_J: tl.constexpr,
+                                  BLOCK_X: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
     pid_j = tl.program_id(0)
     i = tl.program_id(1)
     pid_bn = tl.program_id(2)
@@ -226,13 +230,16 @@ def _blocks(n: int, least: int = 2) -> int:
     return max(least, min(_BLOCK_N, triton.next_power_of_2(n)))
 
 
-def _check(name: str, t: torch.Tensor | None, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> None:
+def _check(name: str, t: torch.Tensor | None, device: torch.device, dtypes: tuple[torch.dtype, ...],
+           shape: tuple[int, ...] | None = None) -> None:
     if t is None:
         return
     if t.device != device:
         raise ValueError(f"{OP} (triton): argument '{name}' is on {t.device} but 'student' on {device}")
     if t.dtype not in dtypes:
         raise TypeError(f"{OP} (triton): argument '{name}' must be one of {dtypes}, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{OP} (triton): argument '{name}' must have shape {shape}, got {tuple(t.shape)}")
     if not t.is_contiguous():
         raise ValueError(f"{OP} (triton): argument '{name}' must be contiguous (got strides {t.stride()})")
 
@@ -243,48 +250,57 @@ def _check_runnable(device: torch.device) -> None:
                            "semivl_fast.kernels); use backend 'cpp' on CPU")
 
 
+def _block_p(width: int) -> int:
+    return max(16, min(_BLOCK_P, triton.next_power_of_2(width)))
+
+
+def partial_sums_shape(batch: int, size: tuple[int, int] | list[int]) -> tuple[int, int, int, int]:
+    """Shape of ``forward``'s partial sums: (B, H, programs per row, 4)."""
+    h, w = size
+    return batch, h, triton.cdiv(w, _block_p(w)), 4
+
+
+def _acc(student: torch.Tensor) -> torch.dtype:
+    return torch.float64 if student.dtype == torch.float64 else torch.float32
+
+
 def forward(student: torch.Tensor, size: list[int], target: torch.Tensor | None, teacher: torch.Tensor | None,
             teacher_mix: torch.Tensor | None, boxes: torch.Tensor | None, ignore: torch.Tensor | None,
-            ignore_mix: torch.Tensor | None, threshold: float, scale: float,
-            use_threshold: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lse (B, H, W) acc dtype, code (B, H, W) int32, partial sums (B, H, n_tiles, 4) acc dtype."""
-    from semivl_fast.ops import _common
-
+            ignore_mix: torch.Tensor | None, threshold: float, scale: float, use_threshold: bool, lse: torch.Tensor,
+            code: torch.Tensor, part: torch.Tensor) -> None:
+    """Writes lse (B, H, W) acc dtype, code (B, H, W) int32 and the partial sums ``part`` (``partial_sums_shape``)
+    acc dtype, each program's [ce over accepted, valid, accepted, confidence over valid]."""
     dev = student.device
     _check_runnable(dev)
-    floats = tuple(_TL_DTYPE)
-    _check("student", student, dev, floats)
+    _check("student", student, dev, DTYPES)
     if student.dim() != 4:
         raise ValueError(f"{OP} (triton): argument 'student' must be 4-D, got shape {tuple(student.shape)}")
     if (target is None) == (teacher is None):
         raise ValueError(f"{OP} (triton): give exactly one of 'target' and 'teacher'")
     _check("target", target, dev, (torch.int64,))
-    _check("teacher", teacher, dev, floats)
-    _check("teacher_mix", teacher_mix, dev, floats)
+    _check("teacher", teacher, dev, DTYPES)
+    _check("teacher_mix", teacher_mix, dev, DTYPES)
     _check("boxes", boxes, dev, (torch.int64,))
     _check("ignore", ignore, dev, (torch.bool, torch.uint8))
     _check("ignore_mix", ignore_mix, dev, (torch.bool, torch.uint8))
     bsz, n = student.shape[:2]
     h, w = size
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
-    block_p = max(16, min(_BLOCK_P, triton.next_power_of_2(w)))
-    n_x = triton.cdiv(w, block_p)
-    lse = _common.empty((bsz, h, w), acc, dev)
-    code = _common.empty((bsz, h, w), torch.int32, dev)
-    part = _common.empty((bsz, h, n_x, 4), acc, dev)
+    acc = _acc(student)
+    _check("lse", lse, dev, (acc,), (bsz, h, w))
+    _check("code", code, dev, (torch.int32,), (bsz, h, w))
+    _check("part", part, dev, (acc,), partial_sums_shape(bsz, size))
     tea = teacher if teacher is not None else student
     # the kernel selects per pixel between the two teachers' pointers, so they share one dtype (a low-res cast)
     mix = tea if teacher_mix is None else teacher_mix.to(tea.dtype)
     u8 = lambda t: t.view(torch.uint8) if t is not None and t.dtype == torch.bool else t
-    _pl_loss_fwd_kernel[(n_x, h, bsz)](
+    _pseudo_label_loss_fwd_kernel[(part.shape[2], h, bsz)](
         student, tea, mix, target if target is not None else code, boxes if boxes is not None else code,
         u8(ignore) if ignore is not None else code, u8(ignore_mix) if ignore_mix is not None else code,
         lse, code, part, n, h, w, student.shape[2], student.shape[3], tea.shape[2], tea.shape[3], mix.shape[2],
         mix.shape[3], float(threshold), float(scale),
         SUPERVISED=target is not None, HAS_MIX=teacher_mix is not None, HAS_IGNORE=ignore is not None,
-        HAS_IGNORE_MIX=ignore_mix is not None, USE_THRESHOLD=bool(use_threshold), BLOCK_P=block_p,
+        HAS_IGNORE_MIX=ignore_mix is not None, USE_THRESHOLD=bool(use_threshold), BLOCK_P=_block_p(w),
         BLOCK_N=_blocks(n), ACC=tl.float64 if acc == torch.float64 else tl.float32, num_warps=_NUM_WARPS)
-    return lse, code, part
 
 
 _BLOCK_J, _BLOCK_X = 16, 32  # low-res columns per program; high-res columns per inner step
@@ -295,31 +311,30 @@ def _span(low: int, high: int) -> int:
     return math.ceil(2 * high / low) + 6
 
 
-def backward(student: torch.Tensor, lse: torch.Tensor, code: torch.Tensor, gscale: torch.Tensor) -> torch.Tensor:
-    """Gradient (B, N, h, w) in the student's dtype."""
-    from semivl_fast.ops import _common
-
+def backward(student: torch.Tensor, lse: torch.Tensor, code: torch.Tensor, gscale: torch.Tensor,
+             grad: torch.Tensor) -> None:
+    """Writes ``grad`` (B, N, h, w) in the student's dtype from the forward's lse and code and the per-image scale
+    ``gscale`` (B,)."""
     dev = student.device
     _check_runnable(dev)
-    _check("student", student, dev, tuple(_TL_DTYPE))
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    _check("student", student, dev, DTYPES)
+    acc = _acc(student)
     _check("lse", lse, dev, (acc,))
     _check("code", code, dev, (torch.int32,))
     _check("gscale", gscale, dev, (acc,))
+    _check("grad", grad, dev, (student.dtype,), tuple(student.shape))
     bsz, n, h, w = student.shape
     big_h, big_w = lse.shape[1:]
-    grad = _common.empty((bsz, n, h, w), student.dtype, dev)
     block_n = _blocks(n, 16)  # tl.dot needs 16
     grid = (triton.cdiv(w, _BLOCK_J), h, bsz * triton.cdiv(n, block_n))
-    _pl_loss_bwd_kernel[grid](student, lse, code, gscale, grad, n, big_h, big_w, h, w, _span(h, big_h),
-                              BLOCK_J=_BLOCK_J, BLOCK_X=_BLOCK_X, BLOCK_N=block_n,
-                              ACC=tl.float64 if acc == torch.float64 else tl.float32, num_warps=_NUM_WARPS)
-    return grad
+    _pseudo_label_loss_bwd_kernel[grid](student, lse, code, gscale, grad, n, big_h, big_w, h, w, _span(h, big_h),
+                                        BLOCK_J=_BLOCK_J, BLOCK_X=_BLOCK_X, BLOCK_N=block_n,
+                                        ACC=tl.float64 if acc == torch.float64 else tl.float32, num_warps=_NUM_WARPS)
 
 
-def _aot_specs():
-    from semivl_fast.kernels._aot import AotSpec
-
+def _aot_specs() -> list[AotSpec]:
+    """Benchmark shapes (B = 2..8, N = 21/150, 128^2 -> 512^2): sizes are runtime arguments, so one compilation per
+    (dtype, N block, mode) covers every batch size."""
     specs = []
     for dtype in ("fp32", "bf16"):
         for n in (21, 150):
@@ -330,20 +345,19 @@ def _aot_specs():
                        "scale": "fp32"}
             for supervised in (False, True):
                 specs.append(AotSpec(
-                    name=f"pl_loss_fwd_{dtype}_N{n}_{'sup' if supervised else 'cutmix'}",
-                    kernel=_pl_loss_fwd_kernel, signature=fwd_sig,
+                    name=f"pseudo_label_loss_fwd_{dtype}_N{n}_{'sup' if supervised else 'cutmix'}",
+                    kernel=_pseudo_label_loss_fwd_kernel, signature=fwd_sig,
                     constexprs={"SUPERVISED": supervised, "HAS_MIX": not supervised, "HAS_IGNORE": not supervised,
                                 "HAS_IGNORE_MIX": not supervised, "USE_THRESHOLD": True, "BLOCK_P": _BLOCK_P,
                                 "BLOCK_N": _blocks(n), "ACC": tl.float32}, num_warps=_NUM_WARPS))
             bwd_sig = {"student": f"*{dtype}", "lse": "*fp32", "code": "*i32", "gscale": "*fp32",
                        "grad": f"*{dtype}", "N": "i32", "H": "i32", "W": "i32", "h": "i32", "w": "i32",
                        "span_y": "i32"}
-            specs.append(AotSpec(name=f"pl_loss_bwd_{dtype}_N{n}", kernel=_pl_loss_bwd_kernel, signature=bwd_sig,
+            specs.append(AotSpec(name=f"pseudo_label_loss_bwd_{dtype}_N{n}", kernel=_pseudo_label_loss_bwd_kernel,
+                                 signature=bwd_sig,
                                  constexprs={"BLOCK_J": _BLOCK_J, "BLOCK_X": _BLOCK_X, "BLOCK_N": _blocks(n, 16),
                                              "ACC": tl.float32}, num_warps=_NUM_WARPS))
     return specs
 
 
-# Benchmark shapes (B = 2..8, N = 21/150, 128^2 -> 512^2): sizes are runtime arguments, so one compilation per
-# (dtype, N block, mode) covers every batch size.
-AOT_SPECS = _aot_specs()
+AOT_SPECS: list[AotSpec] = _aot_specs()

@@ -3,11 +3,11 @@
 // student's low-res gradient (the adjoint of the upsampling as a gather per chunk of low-res rows, no atomics).
 //
 // The class loops are vectorised with at::vec. The extension is compiled without -mavx2, so this translation unit
-// compiles the generic kernel (semivl_fast/pl_loss_cpu_kernel.h) twice: once portable (one lane, any CPU: "vec1")
-// and once with at::vec::Vectorized for AVX2+FMA in a target("avx2,fma") region (own at::vec namespace, SVF_AVX2):
-// "avx2", chosen at run time by CPUID. A third path, "pixel", runs the CUDA kernels' per-pixel functions
-// (pseudo_label_math.h) one pixel at a time: slow, it exists so that the GPU code's math is tested on a CPU.
-// SEMIVL_FAST_PL_LOSS_CPU = auto | avx2 | vec1 | pixel chooses (tests run all three).
+// compiles the generic kernel (semivl_fast/pseudo_label_loss_cpu_kernel.h) twice: once portable (one lane, any CPU:
+// "vec1") and once with at::vec::Vectorized for AVX2+FMA in a target("avx2,fma") region (own at::vec namespace,
+// SVF_AVX2): "avx2", chosen at run time by CPUID. A third path, "pixel", runs the CUDA kernels' per-pixel functions
+// (pseudo_label_loss_math.h) one pixel at a time: slow, it exists so that the GPU code's math is tested on a CPU.
+// SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU = auto | avx2 | vec1 | pixel chooses (tests run all three).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -24,11 +24,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "semivl_fast/pl_loss.h"
-#include "semivl_fast/pseudo_label_math.h"
+#include "semivl_fast/pseudo_label_loss.h"
+#include "semivl_fast/pseudo_label_loss_math.h"
 
 namespace semivl_fast {
-namespace pl_loss_detail {
+namespace pseudo_label_loss_detail {
 
 // Transposes low-res row i of image b of a (B, N, h, w) tensor into dst (w, Np) in the accumulation type; the
 // padding lanes [N, Np) of dst are left untouched (zero).
@@ -78,7 +78,7 @@ LowRes<acc_t> make_lowres(const at::Tensor& t, int64_t W) {
   r.data = t.const_data_ptr();
   r.h = t.size(2);
   r.w = t.size(3);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "pl_loss_load", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "pseudo_label_loss_load", [&] {
     r.load = &load_row<scalar_t, acc_t>;
   });
   r.xtaps.resize(W);
@@ -140,15 +140,15 @@ inline T hsum(Vec<T> a) { return a.v; }
 template <typename T>
 inline int first_equal(Vec<T> a, T m) { return a.v == m ? 0 : -1; }
 
-#include "semivl_fast/pl_loss_cpu_kernel.h"
+#include "semivl_fast/pseudo_label_loss_cpu_kernel.h"
 
 }  // namespace portable
-}  // namespace pl_loss_detail
+}  // namespace pseudo_label_loss_detail
 }  // namespace semivl_fast
 
 // ---- AVX2 + FMA path: at::vec compiled for AVX2 in this region only ----
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define SVF_PL_LOSS_AVX2 1
+#define SVF_PSEUDO_LABEL_LOSS_AVX2 1
 // The ISA-independent headers that at::vec pulls in, included first so that their inline functions are compiled
 // for the baseline target (the linker may pick any TU's copy of an inline function: none may be an AVX2 one).
 #include <ATen/AccumulateType.h>
@@ -191,7 +191,7 @@ inline int first_equal(Vec<T> a, T m) { return a.v == m ? 0 : -1; }
 #pragma GCC diagnostic pop
 
 namespace semivl_fast {
-namespace pl_loss_detail {
+namespace pseudo_label_loss_detail {
 namespace avx2 {
 
 template <typename T>
@@ -223,7 +223,7 @@ inline int first_equal(const Vec<T>& a, T m) {
   return mask == 0 ? -1 : __builtin_ctz(mask);
 }
 
-#include "semivl_fast/pl_loss_cpu_kernel.h"
+#include "semivl_fast/pseudo_label_loss_cpu_kernel.h"
 
 // LoadRowFn for float32 sources: 8x8 register transposes instead of strided scalar stores.
 inline void load_row_f32(const void* data, int64_t b, int64_t i, int64_t N, int64_t h, int64_t w, int64_t Np,
@@ -241,7 +241,7 @@ inline void load_row_f32(const void* data, int64_t b, int64_t i, int64_t N, int6
 }
 
 }  // namespace avx2
-}  // namespace pl_loss_detail
+}  // namespace pseudo_label_loss_detail
 }  // namespace semivl_fast
 
 #undef CPU_CAPABILITY
@@ -258,15 +258,15 @@ inline void load_row_f32(const void* data, int64_t b, int64_t i, int64_t N, int6
 #endif  // x86-64
 
 namespace semivl_fast {
-namespace pl_loss_detail {
+namespace pseudo_label_loss_detail {
 namespace {
 
-// Which CPU path runs: SEMIVL_FAST_PL_LOSS_CPU = auto (default: avx2 where the CPU has AVX2+FMA, else vec1),
+// Which CPU path runs: SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU = auto (default: avx2 where the CPU has AVX2+FMA, else vec1),
 // avx2, vec1 (the generic kernel with one lane) or pixel (the CUDA kernels' per-pixel / per-element functions).
 enum class CpuPath { kAvx2, kVec1, kPixel };
 
 bool cpu_has_avx2() {
-#ifdef SVF_PL_LOSS_AVX2
+#ifdef SVF_PSEUDO_LABEL_LOSS_AVX2
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 #else
@@ -275,19 +275,19 @@ bool cpu_has_avx2() {
 }
 
 CpuPath cpu_path() {
-  const char* env = std::getenv("SEMIVL_FAST_PL_LOSS_CPU");
+  const char* env = std::getenv("SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU");
   const std::string v = env == nullptr || *env == 0 ? "auto" : env;
   if (v == "pixel") return CpuPath::kPixel;
   if (v == "vec1") return CpuPath::kVec1;
-  TORCH_CHECK(v == "auto" || v == "avx2", kPlLossOp,
-              ": SEMIVL_FAST_PL_LOSS_CPU must be auto, avx2, vec1 or pixel, got '", v, "'");
+  TORCH_CHECK(v == "auto" || v == "avx2", kPseudoLabelLossOp,
+              ": SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU must be auto, avx2, vec1 or pixel, got '", v, "'");
   return cpu_has_avx2() ? CpuPath::kAvx2 : CpuPath::kVec1;
 }
 
 // The SIMD path's faster row loader where it has one (float32 inputs, float accumulation).
 template <typename acc_t>
 void use_fast_load(LowRes<acc_t>& src, const at::Tensor& t, bool simd) {
-#ifdef SVF_PL_LOSS_AVX2
+#ifdef SVF_PSEUDO_LABEL_LOSS_AVX2
   if constexpr (std::is_same_v<acc_t, float>) {
     if (simd && t.scalar_type() == at::kFloat) src.load = &avx2::load_row_f32;
   }
@@ -296,7 +296,7 @@ void use_fast_load(LowRes<acc_t>& src, const at::Tensor& t, bool simd) {
 
 template <typename acc_t>
 int64_t lanes(bool simd) {
-#ifdef SVF_PL_LOSS_AVX2
+#ifdef SVF_PSEUDO_LABEL_LOSS_AVX2
   if (simd) return avx2::Vec<acc_t>::size();
 #endif
   return 1;
@@ -344,7 +344,7 @@ void forward_impl(const at::Tensor& student, int64_t H, int64_t W, const c10::op
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / per_image, y0 = (task % per_image) * kForwardRowsPerTask;
       const int64_t y1 = std::min(H, y0 + kForwardRowsPerTask);
-#ifdef SVF_PL_LOSS_AVX2
+#ifdef SVF_PSEUDO_LABEL_LOSS_AVX2
       if (simd) {
         avx2::forward_rows(P, b, y0, y1);
         continue;
@@ -371,7 +371,7 @@ void backward_impl(const at::Tensor& student, const at::Tensor& lse, const at::T
   P.lse = lse.const_data_ptr<acc_t>();
   P.code = code.const_data_ptr<int32_t>();
   P.gscale = gscale.const_data_ptr<acc_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "pl_loss_store", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "pseudo_label_loss_store", [&] {
     P.store = &store_grad<scalar_t, acc_t>;
   });
   P.grad = grad.mutable_data_ptr();
@@ -381,7 +381,7 @@ void backward_impl(const at::Tensor& student, const at::Tensor& lse, const at::T
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / per_image, i0 = (task % per_image) * kBackwardRowsPerTask;
       const int64_t i1 = std::min(h, i0 + kBackwardRowsPerTask);
-#ifdef SVF_PL_LOSS_AVX2
+#ifdef SVF_PSEUDO_LABEL_LOSS_AVX2
       if (simd) {
         avx2::backward_rows(P, b, i0, i1);
         continue;
@@ -392,7 +392,7 @@ void backward_impl(const at::Tensor& student, const at::Tensor& lse, const at::T
   });
 }
 
-// ---- per-pixel path: the CUDA kernels' bodies (pseudo_label_math.h), one pixel / one gradient element at a time.
+// ---- per-pixel path: the CUDA kernels' bodies (pseudo_label_loss_math.h), one pixel / one gradient element at a time.
 template <typename scalar_t, typename tscalar_t>
 void forward_pixel_impl(const at::Tensor& student, int64_t H, int64_t W, const c10::optional<at::Tensor>& target,
                         const at::Tensor& te, const at::Tensor& mx, const c10::optional<at::Tensor>& boxes,
@@ -420,9 +420,9 @@ void forward_pixel_impl(const at::Tensor& student, int64_t H, int64_t W, const c
       for (int64_t x = 0; x < W; ++x) {
         const int64_t pix = row * W + x;
         const int64_t label = tgt != nullptr ? tgt[pix] : 0;
-        TORCH_CHECK(label_in_range(label, N), kPlLossOp, ": argument 'target' has label ", label, " at (", b, ", ", y,
-                    ", ", x, "); labels must be in [0, ", N, ") or ", kIgnoreIndex, " (ignore)");
-        const auto r = pl_loss_pixel<acc_t>(
+        TORCH_CHECK(label_in_range(label, N), kPseudoLabelLossOp, ": argument 'target' has label ", label, " at (",
+                    b, ", ", y, ", ", x, "); labels must be in [0, ", N, ") or ", kIgnoreIndex, " (ignore)");
+        const auto r = pseudo_label_loss_pixel<acc_t>(
             y, x, N, H, W, s + b * N * hs * ws, hs, ws, t == nullptr ? nullptr : t + b * N * ht * wt, ht, wt,
             m == nullptr ? nullptr : m + b * N * hm * wm, hm, wm, bx == nullptr ? nullptr : bx + 4 * b, label,
             ig != nullptr && ig[pix] != 0, igm != nullptr && igm[pix] != 0, use_threshold,
@@ -452,11 +452,11 @@ void forward_pixel(const at::Tensor& student, int64_t H, int64_t W, const c10::o
     if (teacher_mix.has_value()) mx = *teacher_mix;
     same = te.scalar_type() == student.scalar_type() && (!mx.defined() || mx.scalar_type() == student.scalar_type());
     if (!same) {
-      te = te.to(pl_loss_acc_type(student));
-      if (mx.defined()) mx = mx.to(pl_loss_acc_type(student));
+      te = te.to(pseudo_label_loss_acc_type(student));
+      if (mx.defined()) mx = mx.to(pseudo_label_loss_acc_type(student));
     }
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pl_loss_forward_pixel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pseudo_label_loss_pixel", [&] {
     if (same) {
       forward_pixel_impl<scalar_t, scalar_t>(student, H, W, target, te, mx, boxes, ignore, ignore_mix, threshold,
                                              scale, use_threshold, lse, code, rows);
@@ -472,7 +472,7 @@ void backward_pixel(const at::Tensor& student, const at::Tensor& lse, const at::
                     const at::Tensor& gscale, at::Tensor& grad) {
   const int64_t B = student.size(0), N = student.size(1), h = student.size(2), w = student.size(3);
   const int64_t H = lse.size(1), W = lse.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pl_loss_backward_pixel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "pseudo_label_loss_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* s = student.const_data_ptr<scalar_t>();
     const acc_t* l = lse.const_data_ptr<acc_t>();
@@ -484,8 +484,8 @@ void backward_pixel(const at::Tensor& student, const at::Tensor& lse, const at::
         const int64_t b = bn / N, n = bn % N;
         for (int64_t i = 0; i < h; ++i) {
           for (int64_t j = 0; j < w; ++j) {
-            const acc_t v = pl_loss_grad_element<acc_t>(n, i, j, h, w, H, W, s + bn * h * w, l + b * H * W,
-                                                        c + b * H * W);
+            const acc_t v = pseudo_label_loss_grad_element<acc_t>(n, i, j, h, w, H, W, s + bn * h * w,
+                                                                  l + b * H * W, c + b * H * W);
             g[(bn * h + i) * w + j] = static_cast<scalar_t>(v * gs[b]);
           }
         }
@@ -494,12 +494,13 @@ void backward_pixel(const at::Tensor& student, const at::Tensor& lse, const at::
   });
 }
 
-void pl_loss_forward_cpu(const at::Tensor& student, int64_t H, int64_t W, const c10::optional<at::Tensor>& target,
-                         const c10::optional<at::Tensor>& teacher, const c10::optional<at::Tensor>& teacher_mix,
-                         const c10::optional<at::Tensor>& boxes, const c10::optional<at::Tensor>& ignore,
-                         const c10::optional<at::Tensor>& ignore_mix, double threshold, double scale,
-                         bool use_threshold, at::Tensor& lse, at::Tensor& code, at::Tensor& rows) {
-  pl_loss_check_forward_args(student, H, W, target, teacher, teacher_mix, boxes, ignore, ignore_mix, lse, code, rows);
+void forward_cpu(const at::Tensor& student, int64_t H, int64_t W, const c10::optional<at::Tensor>& target,
+                 const c10::optional<at::Tensor>& teacher, const c10::optional<at::Tensor>& teacher_mix,
+                 const c10::optional<at::Tensor>& boxes, const c10::optional<at::Tensor>& ignore,
+                 const c10::optional<at::Tensor>& ignore_mix, double threshold, double scale, bool use_threshold,
+                 at::Tensor& lse, at::Tensor& code, at::Tensor& rows) {
+  pseudo_label_loss_check_forward_args(student, H, W, target, teacher, teacher_mix, boxes, ignore, ignore_mix, lse,
+                                       code, rows);
   if (cpu_path() == CpuPath::kPixel) {
     forward_pixel(student, H, W, target, teacher, teacher_mix, boxes, ignore, ignore_mix, threshold, scale,
                   use_threshold, lse, code, rows);
@@ -512,9 +513,9 @@ void pl_loss_forward_cpu(const at::Tensor& student, int64_t H, int64_t W, const 
   }
 }
 
-void pl_loss_backward_cpu(const at::Tensor& student, const at::Tensor& lse, const at::Tensor& code,
-                          const at::Tensor& gscale, at::Tensor& grad) {
-  pl_loss_check_backward_args(student, lse, code, gscale, grad);
+void backward_cpu(const at::Tensor& student, const at::Tensor& lse, const at::Tensor& code, const at::Tensor& gscale,
+                  at::Tensor& grad) {
+  pseudo_label_loss_check_backward_args(student, lse, code, gscale, grad);
   if (cpu_path() == CpuPath::kPixel) {
     backward_pixel(student, lse, code, gscale, grad);
   } else if (student.scalar_type() == at::kDouble) {
@@ -524,7 +525,7 @@ void pl_loss_backward_cpu(const at::Tensor& student, const at::Tensor& lse, cons
   }
 }
 
-std::string pl_loss_cpu_path() {
+std::string cpu_path_name() {
   switch (cpu_path()) {
     case CpuPath::kAvx2: return "avx2";
     case CpuPath::kVec1: return "vec1";
@@ -533,22 +534,16 @@ std::string pl_loss_cpu_path() {
 }
 
 }  // namespace
-}  // namespace pl_loss_detail
-
-TORCH_LIBRARY_FRAGMENT(semivl_fast_C, m) {
-  // See semivl_fast/pl_loss.h for the contract of the two kernels behind semivl_fast.ops.pseudo_label_loss.
-  m.def(
-      "pl_loss_forward_(Tensor student, int H, int W, Tensor? target, Tensor? teacher, Tensor? teacher_mix, "
-      "Tensor? boxes, Tensor? ignore, Tensor? ignore_mix, float threshold, float scale, bool use_threshold, "
-      "Tensor(a!) lse, Tensor(b!) code, Tensor(c!) rows) -> ()");
-  m.def("pl_loss_backward_(Tensor student, Tensor lse, Tensor code, Tensor gscale, Tensor(a!) grad) -> ()");
-  // The path the CPU kernel takes now: avx2, vec1 or pixel (SEMIVL_FAST_PL_LOSS_CPU and the CPU decide).
-  m.def("pl_loss_cpu_path() -> str", &pl_loss_detail::pl_loss_cpu_path);
-}
+}  // namespace pseudo_label_loss_detail
 
 TORCH_LIBRARY_IMPL(semivl_fast_C, CPU, m) {
-  m.impl("pl_loss_forward_", &pl_loss_detail::pl_loss_forward_cpu);
-  m.impl("pl_loss_backward_", &pl_loss_detail::pl_loss_backward_cpu);
+  m.impl("pseudo_label_loss_forward_", &pseudo_label_loss_detail::forward_cpu);
+  m.impl("pseudo_label_loss_backward_", &pseudo_label_loss_detail::backward_cpu);
+}
+
+// No tensor arguments, so no device to dispatch on: the kernel serves every dispatch key.
+TORCH_LIBRARY_IMPL(semivl_fast_C, CompositeImplicitAutograd, m) {
+  m.impl("pseudo_label_loss_cpu_path", &pseudo_label_loss_detail::cpu_path_name);
 }
 
 }  // namespace semivl_fast

@@ -1,9 +1,6 @@
-// Per-pixel math of the pseudo-label filter, shared verbatim by the CPU and the CUDA kernels.
-//
-// For one pixel with class logits x_0..x_{N-1}, the filter computes the softmax of (scale * x) over the classes
-// and returns its maximum (the confidence), the argmax (the label, first index on ties) and whether the pixel is
-// kept (confidence >= threshold and not ignored). It is an online softmax: one pass over the classes keeps the
-// running maximum m and the running sum s = sum_c exp(scale * x_c - m); the confidence is then 1 / s.
+// Per-pixel math of the fused pseudo-label loss, shared verbatim by the C++ CPU kernel
+// (csrc/cpu/pseudo_label_loss.cpp) and the CUDA kernel (csrc/cuda/pseudo_label_loss.cu): bilinear taps, an online
+// softmax over the classes (teacher confidence and argmax, student logsumexp), per-pixel targets and cross-entropy.
 #pragma once
 
 #include <cmath>
@@ -13,11 +10,13 @@
 
 namespace semivl_fast {
 
+// Online softmax over the classes of one pixel: one pass keeps the running maximum m of the logits and the running
+// sum s = sum_c exp(x_c - m); the maximum probability (the confidence) is then 1 / s and the logsumexp m + log s.
 template <typename acc_t>
 struct SoftmaxMaxState {
-  acc_t max;       // running maximum of scale * x
-  acc_t sum;       // running sum of exp(scale * x - max)
-  int64_t argmax;  // index of the running maximum
+  acc_t max;       // running maximum of the logits
+  acc_t sum;       // running sum of exp(x - max)
+  int64_t argmax;  // index of the running maximum (first index on ties)
 };
 
 template <typename acc_t>
@@ -25,7 +24,7 @@ SVF_HD SoftmaxMaxState<acc_t> softmax_max_init() {
   return {-INFINITY, acc_t(0), 0};
 }
 
-// Adds class `c` with scaled logit `v` to the state.
+// Adds class `c` with logit `v` to the state.
 template <typename acc_t>
 SVF_HD void softmax_max_update(SoftmaxMaxState<acc_t>& st, acc_t v, int64_t c) {
   if (v > st.max) {
@@ -36,27 +35,6 @@ SVF_HD void softmax_max_update(SoftmaxMaxState<acc_t>& st, acc_t v, int64_t c) {
     st.sum += ::exp(v - st.max);
   }
 }
-
-template <typename acc_t>
-struct PixelDecision {
-  acc_t conf;
-  int64_t label;
-  bool keep;
-};
-
-template <typename acc_t>
-SVF_HD PixelDecision<acc_t> pseudo_label_decide(const SoftmaxMaxState<acc_t>& st, acc_t threshold, bool ignored) {
-  const acc_t conf = acc_t(1) / st.sum;
-  return {conf, st.argmax, !ignored && conf >= threshold};
-}
-
-}  // namespace semivl_fast
-
-// ---------------------------------------------------------------------------------------------------------------
-// Fused pseudo-label loss (pl_loss): bilinear taps, per-pixel targets and cross-entropy, shared by the C++ CPU
-// kernel (csrc/cpu/pl_loss.cpp) and the CUDA kernel (csrc/cuda/pl_loss.cu).
-// ---------------------------------------------------------------------------------------------------------------
-namespace semivl_fast {
 
 constexpr int64_t kIgnoreIndex = 255;
 
@@ -169,7 +147,7 @@ constexpr int kRowSums = 4;
 
 // ---- The whole per-pixel forward and per-element backward, straight from the NCHW low-res logits. These are the
 // bodies of the CUDA kernels (one thread each); the CPU runs the same functions on its per-pixel path
-// (SEMIVL_FAST_PL_LOSS_CPU=pixel), which is how they are tested without a GPU.
+// (SEMIVL_FAST_PSEUDO_LABEL_LOSS_CPU=pixel), which is how they are tested without a GPU.
 
 template <typename acc_t>
 struct PixelLoss {
@@ -181,11 +159,12 @@ struct PixelLoss {
 // Pixel (y, x) of one image. student/teacher/mix point at the image's (N, h, w) planes; teacher == nullptr: the
 // label is given (label_given); mix == nullptr: no CutMix, else box is the image's [y0, x0, y1, x1).
 template <typename acc_t, typename scalar_t, typename tscalar_t>
-SVF_HD PixelLoss<acc_t> pl_loss_pixel(int64_t y, int64_t x, int64_t N, int64_t H, int64_t W, const scalar_t* student,
-                                      int64_t hs, int64_t ws, const tscalar_t* teacher, int64_t ht, int64_t wt,
-                                      const tscalar_t* mix, int64_t hm, int64_t wm, const int64_t* box,
-                                      int64_t label_given, bool pad, bool pad_mix, bool use_threshold,
-                                      acc_t threshold, acc_t scale) {
+SVF_HD PixelLoss<acc_t> pseudo_label_loss_pixel(int64_t y, int64_t x, int64_t N, int64_t H, int64_t W,
+                                                const scalar_t* student, int64_t hs, int64_t ws,
+                                                const tscalar_t* teacher, int64_t ht, int64_t wt, const tscalar_t* mix,
+                                                int64_t hm, int64_t wm, const int64_t* box, int64_t label_given,
+                                                bool pad, bool pad_mix, bool use_threshold, acc_t threshold,
+                                                acc_t scale) {
   PixelLoss<acc_t> r;
   if (teacher == nullptr) {
     r.target = given_target<acc_t>(label_given, use_threshold, threshold);
@@ -222,8 +201,8 @@ SVF_HD PixelLoss<acc_t> pl_loss_pixel(int64_t y, int64_t x, int64_t N, int64_t H
 // upsampling as a gather over the high-res pixels whose taps include (i, j), sum_p w_y w_x (softmax_n(p) - [n ==
 // label(p)]) over the accepted pixels. plane: the image's (h, w) plane of class n; lse/code: the image's (H, W).
 template <typename acc_t, typename scalar_t>
-SVF_HD acc_t pl_loss_grad_element(int64_t n, int64_t i, int64_t j, int64_t h, int64_t w, int64_t H, int64_t W,
-                                  const scalar_t* plane, const acc_t* lse, const int32_t* code) {
+SVF_HD acc_t pseudo_label_loss_grad_element(int64_t n, int64_t i, int64_t j, int64_t h, int64_t w, int64_t H,
+                                            int64_t W, const scalar_t* plane, const acc_t* lse, const int32_t* code) {
   int64_t y_first, y_last, x_first, x_last;
   tap_range<acc_t>(i, h, H, y_first, y_last);
   tap_range<acc_t>(j, w, W, x_first, x_last);
