@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from semivl_fast.checkpoint import load_trained_model
 from semivl_fast.data import IGNORE_INDEX, SemiDataset, get_spec
 from semivl_fast.data.splits import split_path
-from semivl_fast.engine.data import class_set_for, resolve_data
-from semivl_fast.engine.guidance import build_guidance
-from semivl_fast.engine.precision import eval_context
+from semivl_fast.files import atomic_write
 from semivl_fast.metrics import intersection_union, miou
+from semivl_fast.training.checkpoint import load_trained_model
+from semivl_fast.training.data import class_set_for, resolve_data
+from semivl_fast.training.guidance import build_guidance
+from semivl_fast.training.precision import eval_context
+from semivl_fast.training.prior import resolve_model_config
 
 
 def score(probs: torch.Tensor, mask: torch.Tensor, threshold: float, num_classes: int) -> dict[str, torch.Tensor]:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     spec = get_spec(cfg.data.dataset)
     unlabeled = SemiDataset(spec, root, split_path(split_dir, spec, cfg.data.split, "unlabeled"), "val",
                             crop_size=cfg.data.crop_size, normalization=cfg.data.norm)
-    guidance = build_guidance(cfg.model, class_set_for(cfg.model.classes, cfg.data.dataset, root),
+    guidance = build_guidance(resolve_model_config(cfg.model), class_set_for(cfg.model.classes, cfg.data.dataset, root),
                               cfg.train.guidance_text).to(device)
     tau = cfg.train.conf_thresh if args.threshold is None else args.threshold
     sources = {"student": (tau, 1.0), "clip": (cfg.train.guidance_thresh, cfg.train.guidance_scale)}
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"| {name} | {sources[name][0]} | {r['coverage']:.1f} | {r['kept_accuracy']:.1f} | "
               f"{r['accuracy']:.1f} | {r['miou']:.1f} |")
     out = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    (out / "pseudo_label_quality.json").write_text(json.dumps(result, indent=1))
+    atomic_write(out / "pseudo_label_quality.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     return result
 
 

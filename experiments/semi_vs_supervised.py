@@ -5,7 +5,7 @@
     python experiments/semi_vs_supervised.py --labels 4 8 --iters 600 --seeds 0 1 2
     python experiments/semi_vs_supervised.py --labels 4 --iters 600 --tag no-guidance train.guidance=false
 
-Every run uses configs/synthetic.yaml with the same iterations, model and initialisation; only the training mode
+Every run uses the default recipe (synthetic) with the same iterations, model and initialisation; only the training mode
 (and the labeled subset) differs. A k the world has no split list for (it ships 8, 16, 32, 64) is drawn with the
 world's own split seed into ``<out>/splits``, so the labeled sets nest (the 4 images of k=4 are the first 4 of k=8).
 Results (mIoU on the world's validation set) are merged per k and seed into
@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 
 from semivl_fast import train
-from semivl_fast.config import load_config
 from semivl_fast.data.splits import read_split, write_splits
-from semivl_fast.engine.data import resolve_data
-from semivl_fast.engine.logger import git_revision
+from semivl_fast.files import atomic_write
+from semivl_fast.training.config import load_config
+from semivl_fast.training.data import resolve_data
+from semivl_fast.training.logger import git_revision
 
 ROOT = Path(__file__).resolve().parent
 
@@ -42,7 +43,7 @@ def run(mode: str, labels: int, seed: int, iters: int, extra: list[str], out: Pa
 
 def split_dir_for(labels: list[int], overrides: list[str], out: Path) -> list[str]:
     """Overrides that point the runs at split lists holding every k in ``labels`` (none when the world has them)."""
-    cfg = load_config(train.default_config(), overrides)
+    cfg = load_config(train.RECIPE, overrides)
     _, split_dir = resolve_data(cfg.data)  # generates the world if it is not cached
     world = split_dir / cfg.data.dataset
     missing = [k for k in labels if not (world / str(k) / "labeled.txt").is_file()]
@@ -62,10 +63,8 @@ def load_results(path: Path) -> dict[str, dict[str, dict]]:
 def save_results(path: Path, iters: int, results: dict[str, dict[str, dict]]) -> None:
     ordered = {k: dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
                for k, runs in sorted(results.items(), key=lambda kv: int(kv[0]))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"iters": iters, "results": ordered}, indent=1))
-    tmp.replace(path)
+    text = json.dumps({"iters": iters, "results": ordered}, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def check_same_variant(results: dict[str, dict[str, dict]], labels: list[int], overrides: list[str]) -> None:
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args(argv)
 
-    iters = args.iters or load_config(train.default_config()).train.iters
+    iters = args.iters or load_config(train.RECIPE).train.iters
     suffix = f"_{args.tag}" if args.tag else ""
     out_dir = Path(args.out or f"runs/semi_vs_supervised{suffix}")
     path = ROOT / "results" / f"semi_vs_supervised_{iters}it{suffix}.json"

@@ -36,11 +36,11 @@ def has_cuda_ext() -> bool:
 def build_info() -> dict[str, Any]:
     """What was built and what will run: extension, CUDA kernels, Triton, versions."""
     try:
-        from semivl_fast import _build_config as cfg
+        from semivl_fast import _build_config as cfg  # written by setup.py at build time: absent in a source tree
     except ImportError:
         cfg = None
     try:
-        import triton
+        import triton  # lazy: importing triton takes seconds; build_info is the only reader here
 
         triton_version = triton.__version__
     except ImportError:

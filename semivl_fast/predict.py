@@ -23,9 +23,15 @@ import torch
 from PIL import Image
 
 from semivl_fast.data.transforms import get_normalization, normalize, resize_short_side
-from semivl_fast.engine.precision import PassContext, eval_context
-from semivl_fast.evaluate import add_zero_shot_args
+from semivl_fast.files import atomic_write
 from semivl_fast.inference import predict_logits
+from semivl_fast.text import build_text_embeddings, load_class_set
+from semivl_fast.training import cli
+from semivl_fast.training.checkpoint import load_trained_model
+from semivl_fast.training.precision import PassContext, eval_context
+from semivl_fast.training.prior import resolve_pretrained
+from semivl_fast.training.vilseg.zeroshot import add_zero_shot_args, load_zero_shot_source
+from semivl_fast.vilseg.zeroshot import build_segmenter, zero_shot_text
 from semivl_fast.visualize import overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -43,10 +49,7 @@ def list_images(path: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    from semivl_fast.checkpoint import load_trained_model
-    from semivl_fast.text import build_text_embeddings
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.make_parser("python -m semivl_fast.predict", __doc__)
     parser.add_argument("--checkpoint", help="model.safetensors, last.pt or a run directory (with --zero-shot: a "
                         "ViL-Seg pretraining run, vilseg.safetensors or its last.pt)")
     parser.add_argument("--input", required=True, help="an image or a folder of images")
@@ -60,15 +63,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
         parser.error("--checkpoint is required")
     if args.zero_shot and not args.classes:
         parser.error("--zero-shot needs --classes (names, a class file or a built-in set)")
+    cli.start_tool()
 
     images = list_images(Path(args.input))
     if args.zero_shot:
         return _predict_zero_shot(args, images)
     model, cfg = load_trained_model(args.checkpoint, args.device)
-    if args.classes:
-        text = build_text_embeddings(args.classes, model_name=cfg.model.clip_model, pretrained=cfg.model.pretrained,
-                                     templates=cfg.model.templates, mode=cfg.model.decoder_text,
-                                     cache_dir=cfg.model.text_cache_dir)
+    if args.classes:  # from the run's CLIP text encoder (built only if these embeddings are not cached yet)
+        text = build_text_embeddings(args.classes, model_name=cfg.model.clip_model,
+                                     pretrained=resolve_pretrained(cfg.model.pretrained), templates=cfg.model.templates,
+                                     mode=cfg.model.decoder_text, cache_dir=cfg.model.text_cache_dir)
         model.set_text(text)
     fp32 = eval_context(torch.device(args.device), cfg.data.crop_size, model.backbone.patch_size)
     return _segment_images(images, args, cfg.data.norm, _class_names(model),
@@ -96,17 +100,13 @@ def _segment_images(images: list[Path], args: argparse.Namespace, norm: str, nam
 
 def _write_overlay(img: Image.Image, labels: np.ndarray, names: list[str], out_dir: Path, path: Path) -> Path:
     target = out_dir / f"{path.stem}_overlay.png"
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    overlay(np.asarray(img), labels, names).save(tmp)
-    tmp.replace(target)  # never a half-written PNG
+    picture = overlay(np.asarray(img), labels, names)
+    atomic_write(target, lambda tmp: picture.save(tmp, format="PNG"))  # never a half-written PNG
     print(f"{path} -> {target}")
     return target
 
 
 def _predict_zero_shot(args: argparse.Namespace, images: list[Path]) -> list[Path]:
-    from semivl_fast.text import load_class_set
-    from semivl_fast.vilseg.zeroshot import build_segmenter, load_zero_shot_source, zero_shot_text
-
     src = load_zero_shot_source(args.checkpoint, args.clip_model, args.pretrained, args.device)
     classes = load_class_set(args.classes)
     text = zero_shot_text(getattr(src.model, "clip", src.model), src.model_name, classes, args.templates,

@@ -1,18 +1,16 @@
 """Train SemiVL (semi-supervised; or the supervised-only baseline).
 
     python -m semivl_fast.train                                    # synthetic world, tiny model, a few minutes on CPU
-    python -m semivl_fast.train --config configs/voc/92.yaml data.root=/data/voc data.split_dir=/data/splits
-    torchrun --nproc_per_node 4 -m semivl_fast.train --config configs/voc/92.yaml ...
+    python -m semivl_fast.train --config voc/92 data.root=/data/voc data.split_dir=/data/splits
+    torchrun --nproc_per_node 4 -m semivl_fast.train --config voc/92 ...
     python -m semivl_fast.train --resume runs/default               # continue the same run
 
-Any config key can be overridden as ``section.key=value`` (see semivl_fast/config.py).
+``--config`` takes a recipe (synthetic, vilseg_synthetic, voc/92 ... cityscapes/1_2; see semivl_fast/training/configs)
+or a YAML file. Any config key can be overridden as ``section.key=value`` (see semivl_fast/training/config.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import random
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,10 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from semivl_fast.checkpoint import (
+from semivl_fast.metrics import evaluate, format_iou_table
+from semivl_fast.models.semivl import build_semivl
+from semivl_fast.training import cli, dist
+from semivl_fast.training.checkpoint import (
     TRAIN_STATE,
     WEIGHTS,
     export_weights,
@@ -30,64 +31,25 @@ from semivl_fast.checkpoint import (
     save_train_state,
     set_rng_state,
 )
-from semivl_fast.config import Config, deep_update, from_dict, load_config, parse_overrides, save_config
-from semivl_fast.engine import dist
-from semivl_fast.engine.data import make_loader, prepare_data, set_epoch
-from semivl_fast.engine.guidance import build_guidance
-from semivl_fast.engine.logger import LOG, RunLogger, log_environment, setup_logging
-from semivl_fast.engine.optim import build_optimizer, poly_schedule, update
-from semivl_fast.engine.precision import PassContext, check_amp, eval_context, resolve_amp, vit_tokens
-from semivl_fast.engine.semi import UnlabeledBatch, semi_step, supervised_step
-from semivl_fast.evaluate import evaluate
-from semivl_fast.metrics import format_iou_table
-from semivl_fast.models.semivl import build_semivl
+from semivl_fast.training.config import Config, save_config, window_options
+from semivl_fast.training.data import make_loader, prepare_data, set_epoch
+from semivl_fast.training.guidance import build_guidance
+from semivl_fast.training.logger import LOG, RunLogger, log_environment
+from semivl_fast.training.optim import adamw, param_groups, update, warmup_poly
+from semivl_fast.training.precision import PassContext, eval_context, resolve_amp, vit_tokens
+from semivl_fast.training.prior import resolve_model_config
+from semivl_fast.training.semi import UnlabeledBatch, semi_step, supervised_step
 from semivl_fast.visualize import denormalize, overlay
 
-MIX_PARTNERS = ("same", "loader", "roll")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (default: configs/synthetic.yaml, the built-in default run)")
-    parser.add_argument("--resume", help="a run directory or last.pt to continue (its saved config is reused)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=200 data.split=8")
-    args = parser.parse_args(argv)
-    resume = args.resume
-    if resume:  # the saved config, with this command line's overrides on top
-        cfg = from_dict(deep_update(load_train_state(resume)["config"], parse_overrides(args.overrides)))
-    else:
-        cfg = load_config(args.config or default_config(), args.overrides)
-        resume = cfg.train.resume
-    if resume:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume))
-    if cfg.train.mix_partner not in MIX_PARTNERS:  # before anything is written
-        raise ValueError(f"train.mix_partner={cfg.train.mix_partner!r}; choose one of {MIX_PARTNERS}")
-    check_amp(cfg.train.amp)
-    return cfg, bool(resume)
-
-
-def default_config() -> Path:
-    """The built-in default run's config (configs/synthetic.yaml, installed as semivl_fast.configs)."""
-    from importlib.resources import files
-
-    return Path(str(files("semivl_fast.configs") / "synthetic.yaml"))
+RECIPE = "synthetic"  # the built-in default run
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg, resuming = parse_args(argv)
-    rank, world, device = dist.init_distributed()
+    parser = cli.make_parser("python -m semivl_fast.train", __doc__)
+    cli.add_run_args(parser, RECIPE, "train.iters=200 data.split=8")
+    cfg, resuming = cli.run_config(parser.parse_args(argv), Config, RECIPE)
     out_dir = Path(cfg.train.out_dir)
-    setup_logging(out_dir)
-    try:
-        return _train(cfg, resuming, rank, world, device, out_dir)
-    finally:
-        dist.cleanup()
+    return cli.launch(lambda rank, world, device: _train(cfg, resuming, rank, world, device, out_dir), out_dir)
 
 
 def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.device, out_dir: Path) -> dict:
@@ -108,20 +70,22 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     LOG.info(f"data: {cfg.data.dataset} split {cfg.data.split}: {len(set(train_l.pairs))} labeled, {len(train_u)} "
              f"unlabeled, {len(val)} val images; classes: {data.class_set.num_classes}")
 
-    seed_everything(tc.seed)  # initial weights depend on the seed only (DDP also broadcasts them)
-    model = build_semivl(cfg.model, classes=data.class_set).to(device)
+    cli.seed_everything(tc.seed)  # initial weights depend on the seed only (DDP also broadcasts them)
+    model_cfg = resolve_model_config(cfg.model)  # vilseg:<prior> -> its file (pretrained once, then cached)
+    model = build_semivl(model_cfg, classes=data.class_set).to(device)
     if cfg.model.conv_encoder and not cfg.model.conv_encoder_pretrained:
         LOG.warning("the ResNet stem (model.conv_encoder) starts from random weights; the reference initialises it "
                     "from ImageNet: pass model.conv_encoder_pretrained=/path/resnet101_v1c-e67eebb6.pth")
     text = model.text
     guidance = None
     if tc.semi and tc.guidance:
-        guidance = build_guidance(cfg.model, data.class_set, tc.guidance_text).to(device)
+        guidance = build_guidance(model_cfg, data.class_set, tc.guidance_text).to(device)
     if world > 1 and model.conv_encoder is not None:
         model.conv_encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.conv_encoder)
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, {"backbone": tc.backbone_lr_mult,
-                                                               "decoder": tc.head_lr_mult,
-                                                               "conv_encoder": tc.conv_encoder_lr_mult})
+    multipliers = {"backbone": tc.backbone_lr_mult, "decoder": tc.head_lr_mult,
+                   "conv_encoder": tc.conv_encoder_lr_mult}
+    optimizer = adamw(param_groups(model, tc.lr, tc.weight_decay, multipliers), lr=tc.lr, betas=(0.9, 0.999),
+                      eps=1e-8, weight_decay=tc.weight_decay)
     bs = cfg.data.batch_size
     loader_l = make_loader(train_l, bs, tc.seed, rank, world, cfg.data.num_workers)
     loader_u = make_loader(train_u, bs, tc.seed + 1, rank, world, cfg.data.num_workers) if tc.semi else None
@@ -133,7 +97,7 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     if per_epoch == 0:
         raise ValueError(f"batch size {bs} x {world} processes is larger than the training set")
     total = tc.iters or tc.epochs * per_epoch
-    scheduler = poly_schedule(optimizer, total, tc.poly_power)
+    scheduler = warmup_poly(optimizer, total, tc.poly_power)
     amp = resolve_amp(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     autocast = PassContext(amp, device, vit_tokens(cfg.data.crop_size, model.backbone.patch_size))
@@ -160,8 +124,9 @@ def _train(cfg: Config, resuming: bool, rank: int, world: int, device: torch.dev
     def evaluate_now() -> dict:
         model.eval()
         shard = torch.utils.data.Subset(val, range(rank, min(len(val), cfg.eval.max_images or len(val)), world))
-        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, cfg.eval, device, fp32,
-                       progress=tc.progress)
+        res = evaluate(lambda x: model(x), shard, model.num_classes, cfg.data.crop_size, **window_options(cfg.eval),
+                       device=device, context=fp32, progress=tc.progress and dist.is_main(),
+                       reduce=dist.all_reduce_sum)
         if logger.writer is not None:  # one prediction overlay per evaluation
             image, _, _ = val[0]
             with torch.no_grad(), fp32:

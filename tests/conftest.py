@@ -27,7 +27,7 @@ def _seed_and_poison():
 @pytest.fixture(scope="session")
 def tiny_clip_file(tmp_path_factory):
     """(model name, path) of a randomly initialised tiny open_clip model saved as safetensors."""
-    from semivl_fast.models.clip import create_clip, save_clip_checkpoint
+    from semivl_fast.clip import create_clip, save_clip_checkpoint
 
     torch.manual_seed(1234)
     model = create_clip("semivl-tiny")

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from semivl_fast.clip import create_clip
 from semivl_fast.models.backbone import ClipBackbone, resize_pos_embed
-from semivl_fast.models.clip import create_clip
 
 
 def _tiny_backbone(path=None, clip_kw=None, **kw):

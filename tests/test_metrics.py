@@ -61,7 +61,7 @@ def test_evaluation_progress_logs_lines_when_not_a_terminal(monkeypatch):
     import logging
     import sys
 
-    from semivl_fast.evaluate import progress_iter
+    from semivl_fast.metrics import progress_iter
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     logger = logging.getLogger("semivl_fast")

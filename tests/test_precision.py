@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from semivl_fast.engine import precision
-from semivl_fast.engine.precision import MATH_ATTENTION_MAX_TOKENS, PassContext, resolve_amp, vit_tokens
+from semivl_fast.training import precision
+from semivl_fast.training.precision import MATH_ATTENTION_MAX_TOKENS, PassContext, resolve_amp, vit_tokens
 
 CPU = torch.device("cpu")
 
@@ -82,7 +82,7 @@ def test_math_attention_is_the_same_function():
 
 
 def test_prior_key_holds_what_auto_means_here(monkeypatch):
-    from semivl_fast.vilseg import prior
+    from semivl_fast.training import prior
 
     keys = {amp: prior.prior_key(overrides=[f"train.amp={amp}"]) for amp in ("none", "bf16")}
     assert keys["none"] != keys["bf16"]

@@ -43,8 +43,8 @@ def pretrained_run(world_root, tmp_path_factory):
 
 def test_pretrain_checkpoint_and_zero_shot(pretrained_run, world_root, tmp_path):
     from semivl_fast import evaluate, predict
-    from semivl_fast.models.clip import create_clip
-    from semivl_fast.vilseg import load_vilseg
+    from semivl_fast.clip import create_clip
+    from semivl_fast.training.vilseg.checkpoint import load_vilseg
 
     out, result = pretrained_run
     assert result["steps"] == 3 and len(result["losses"]) == 3 and result["finite"]
@@ -120,7 +120,7 @@ def _png(color) -> bytes:
 
 
 def test_caption_sources(tmp_path):
-    from semivl_fast.vilseg.config import CaptionDataConfig
+    from semivl_fast.vilseg.data import CaptionDataConfig
 
     (tmp_path / "img").mkdir()
     for i, c in enumerate(("red", "blue")):
@@ -163,7 +163,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def test_caption_folder_table_tar_folder_and_json_members(tmp_path):
-    from semivl_fast.vilseg.config import CaptionDataConfig
+    from semivl_fast.vilseg.data import CaptionDataConfig
 
     # a folder holding captions.tsv: the table wins over same-stem .txt files; paths relative to the folder
     table = tmp_path / "table"
@@ -238,9 +238,8 @@ def test_phrase_vocabulary_merges_word_orders_and_frames():
 
 
 def test_views_share_geometry(world_root):
-    from semivl_fast.models.clip import get_tokenizer
-    from semivl_fast.vilseg.config import CaptionDataConfig
-    from semivl_fast.vilseg.data import CaptionViews
+    from semivl_fast.clip import get_tokenizer
+    from semivl_fast.vilseg.data import CaptionDataConfig, CaptionViews
 
     cfg = CaptionDataConfig(root=world_root, world_train=64, world_val=4, world_size=56, global_size=32,
                             local_size=16, local_crops=3, jitter=0.0)
@@ -259,8 +258,8 @@ def test_views_share_geometry(world_root):
 def test_synthetic_prior_is_made_once_and_resolved(world_root, tmp_path, monkeypatch):
     import subprocess
 
-    from semivl_fast.models.clip import create_clip, pretrained_identity
-    from semivl_fast.vilseg import prior
+    from semivl_fast.clip import create_clip
+    from semivl_fast.training import prior
 
     overrides = [*TINY, f"data.root={world_root}", "train.iters=2", "eval.dataset="]
     path = prior.ensure_synthetic_prior(tmp_path, overrides=overrides, quiet=True)
@@ -271,11 +270,12 @@ def test_synthetic_prior_is_made_once_and_resolved(world_root, tmp_path, monkeyp
     assert prior.prior_dir(tmp_path, overrides=[*overrides, "train.iters=3"]) != path.parent  # new recipe, new key
     assert prior.prior_dir(tmp_path, overrides=[*overrides, "train.log_every=5"]) == path.parent  # logging only
     monkeypatch.setattr(prior, "ensure_synthetic_prior", lambda *a, **k: path)
-    model = create_clip("semivl-tiny", "vilseg:synthetic")
-    torch.testing.assert_close(model.state_dict()["logit_scale"], create_clip("semivl-tiny", str(path)).logit_scale)
-    assert pretrained_identity("vilseg:synthetic") == pretrained_identity(str(path))
+    assert prior.resolve_pretrained("vilseg:synthetic") == str(path)
+    assert prior.resolve_pretrained("openai") == "openai" and prior.resolve_pretrained(None) is None
     with pytest.raises(ValueError, match="unknown ViL-Seg prior"):
-        create_clip("semivl-tiny", "vilseg:coco")
+        prior.resolve_pretrained("vilseg:coco")
+    with pytest.raises(ValueError, match="neither a file nor an open_clip tag"):  # the library takes tags and files
+        create_clip("semivl-tiny", "vilseg:synthetic")
 
 
 @pytest.mark.slow
@@ -293,9 +293,8 @@ def test_two_process_ddp_pretraining(world_root, tmp_path):
     assert losses[0][0] != losses[1][0]
     assert (tmp_path / "ddp" / "clip.safetensors").is_file() and (tmp_path / "ddp" / "last.pt").is_file()
     # rank 0's checkpoint loads: the resumable state at step 2, and the exported ViL-Seg and CLIP weights
-    from semivl_fast.models.clip import create_clip
-    from semivl_fast.vilseg import load_vilseg
-    from semivl_fast.vilseg.checkpoint import load_state
+    from semivl_fast.clip import create_clip
+    from semivl_fast.training.vilseg.checkpoint import load_state, load_vilseg
 
     state = load_state(tmp_path / "ddp" / "last.pt")
     assert state["step"] == 2
@@ -316,10 +315,10 @@ def test_pretraining_mixed_precision_and_compile_on_cpu(world_root, tmp_path, ex
 
 
 def test_grounding_large_vocabulary_encodes_only_the_mentioned_phrases():
-    from semivl_fast.models.clip import get_tokenizer
-    from semivl_fast.vilseg.config import LossConfig, ViLSegModelConfig
+    from semivl_fast.clip import get_tokenizer
+    from semivl_fast.training.vilseg.config import LossConfig
     from semivl_fast.vilseg.losses import multi_positive_nce, patch_text_similarity
-    from semivl_fast.vilseg.model import build_vilseg
+    from semivl_fast.vilseg.model import ViLSegModelConfig, build_vilseg
 
     torch.manual_seed(0)
     model = build_vilseg(ViLSegModelConfig(num_clusters=4))

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from semivl_fast.models.clip import get_tokenizer
-from semivl_fast.pretrain import PretrainStep, freeze_untrained, param_groups
-from semivl_fast.vilseg.config import LossConfig, ViLSegModelConfig
-from semivl_fast.vilseg.model import build_vilseg
+from semivl_fast.clip import get_tokenizer
+from semivl_fast.training.optim import decay_matrices, param_groups
+from semivl_fast.training.vilseg.config import LossConfig
+from semivl_fast.training.vilseg.step import PretrainStep, freeze_untrained
+from semivl_fast.vilseg.model import ViLSegModelConfig, build_vilseg
 
 B, L, K = 3, 2, 4  # images, local views per image, clusters; global views 32 px (4x4 patches), local 16 px (2x2)
 CAPTIONS = ["a red ball on sand", "a gold coin on grass", "a green leaf on snow"]
@@ -272,7 +273,7 @@ def test_temperature_and_prototypes_learn():
     torch.testing.assert_close(logs["temp"], torch.exp(-scale.detach()))
     assert scale.grad is not None and scale.grad.abs().item() > 0
     assert protos.grad is not None and protos.grad.abs().sum().item() > 0
-    groups = param_groups(model, 1e-3, 0.1, 2.0)
+    groups = param_groups(model, 1e-3, 0.1, {"head": 2.0}, decay=decay_matrices)
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert by_id[id(scale)]["weight_decay"] == 0 and by_id[id(protos)]["weight_decay"] == 0
     assert by_id[id(protos)]["lr"] == pytest.approx(2e-3) and by_id[id(scale)]["lr"] == pytest.approx(1e-3)

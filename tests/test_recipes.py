@@ -1,20 +1,19 @@
-"""Every per-dataset recipe in configs/ resolves to the reference's training and evaluation settings.
+"""Every per-dataset recipe (semivl_fast/training/configs/) resolves to the reference's training and evaluation
+settings.
 
 The expected values are literal facts from the reference (../shared/spec/semivl.md §2 optimizer table, §3.5, §4.4,
 §4.5 recipe table, §5.3 evaluation protocol), not read back from the configs.
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from semivl_fast.config import load_config
 from semivl_fast.data import get_spec
 from semivl_fast.inference import predict_logits
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from semivl_fast.training.config import RECIPES as CONFIGS
+from semivl_fast.training.config import load_config, recipe_path
 
 SPLITS = {
     "voc": ("92", "183", "366", "732", "1464"),
@@ -139,3 +138,14 @@ def test_voc_sliding_windows_as_the_reference():
     out = predict_logits(model, torch.zeros(1, 1, 512, 1000), cfg.data.crop_size, cfg.eval.mode, cfg.eval.stride,
                          cfg.eval.merge)
     assert seen == [(512, 512)] * 3 and out.shape == (1, 2, 512, 1000)  # x starts 0, 426, 488
+
+
+def test_recipe_names_and_files(tmp_path):
+    """``--config`` takes a recipe name (also in the repository's old ``configs/...yaml`` spelling) or a file."""
+    assert recipe_path("voc/92") == recipe_path("configs/voc/92.yaml") == recipe_path("voc/92.yaml") == \
+        CONFIGS / "voc" / "92.yaml"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: " + str(CONFIGS / "synthetic.yaml") + "\ntrain:\n  iters: 7\n")
+    assert recipe_path(str(mine)) == mine and load_config(str(mine)).train.iters == 7
+    with pytest.raises(FileNotFoundError, match=r"no recipe of that name; recipes: .*voc/92"):
+        recipe_path("voc/93")

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semivl_fast.config import TrainConfig
-from semivl_fast.engine.semi import UnlabeledBatch, guidance_weight, semi_step
 from semivl_fast.ops import box_mask
+from semivl_fast.training.config import TrainConfig
+from semivl_fast.training.semi import UnlabeledBatch, guidance_weight, semi_step
 
 N, S, LOW = 4, 16, 8
 

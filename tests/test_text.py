@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semivl_fast.models.clip import create_clip, get_tokenizer
+from semivl_fast.clip import create_clip, get_tokenizer
 from semivl_fast.ops import concept_max
 from semivl_fast.text import (
     IMAGENET80,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from semivl_fast import train
-from semivl_fast.checkpoint import load_trained_model
-from semivl_fast.config import load_config
+from semivl_fast.training.checkpoint import load_trained_model
+from semivl_fast.training.config import load_config
 
 from ddp import run_ddp
 
@@ -31,11 +31,10 @@ def _args(world_root, out_dir, *extra):
 
 
 def test_every_recipe_config_parses():
-    from pathlib import Path
+    from semivl_fast.training.config import RECIPES
+    from semivl_fast.training.vilseg.config import load_pretrain_config
 
-    from semivl_fast.vilseg.config import load_pretrain_config
-
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    configs = sorted(RECIPES.rglob("*.yaml"))
     assert len(configs) >= 22
     for path in configs:
         if path.name.startswith("vilseg"):  # ViL-Seg pretraining recipes
@@ -93,7 +92,7 @@ def test_same_partner_visits_the_same_images_with_independent_augmentations(tmp_
     """mix_partner=same (the reference): loader_u's order, its own augmentation seed."""
     from torch.utils.data import Dataset
 
-    from semivl_fast.engine.data import make_loader, set_epoch
+    from semivl_fast.training.data import make_loader, set_epoch
 
     class Draws(Dataset):
         def __len__(self):
@@ -148,7 +147,6 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("recipe", ["voc/92", "coco/1_512", "ade/1_128", "cityscapes/1_16"])
 def test_dataset_recipe_runs_on_fixture_data(recipe, tmp_path):
     """Each dataset's recipe for a few iterations on a fixture folder in that dataset's layout (tiny model)."""
-    from pathlib import Path
 
     from semivl_fast.data import get_spec, write_split
 
@@ -160,10 +158,10 @@ def test_dataset_recipe_runs_on_fixture_data(recipe, tmp_path):
     write_split(split_dir / dataset / split / "labeled.txt", pairs[:2])
     write_split(split_dir / dataset / split / "unlabeled.txt", pairs[2:])
     write_split(split_dir / dataset / "val.txt", pairs[4:])
-    config = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"
+    config = recipe  # a recipe name; test_recipe_names_and_files covers file paths
     extra = ["model.guidance_layers=2", "model.decoder.skip_channels=8,8"] if dataset == "cityscapes" else []
     args = [a for a in TINY if not a.startswith(("data.world", "data.split=", "eval.mode"))]
-    result = train.main(["--config", str(config), *args, *extra, f"data.root={root}", f"data.split_dir={split_dir}",
+    result = train.main(["--config", config, *args, *extra, f"data.root={root}", f"data.split_dir={split_dir}",
                          f"train.out_dir={tmp_path / 'run'}", f"model.text_cache_dir={tmp_path / 'text'}",
                          "data.batch_size=1", "train.iters=2", "eval.every=2", "model.pretrained=null"])
     assert result["steps"] == 2 and len(result["iou"]) == get_spec(dataset).num_classes

@@ -14,8 +14,8 @@ from torch.utils.data import default_collate
 
 from semivl_fast.data import SemiDataset
 from semivl_fast.data import transforms as T
-from semivl_fast.engine.semi import UnlabeledBatch, cutmix
 from semivl_fast.ops import pseudo_label_loss
+from semivl_fast.training.semi import UnlabeledBatch, cutmix
 
 from layouts import make_layout
 

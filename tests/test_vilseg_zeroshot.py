@@ -8,8 +8,7 @@ from torch import nn
 
 from semivl_fast.models.backbone import ClipBackbone
 from semivl_fast.text import TextEmbeddings
-from semivl_fast.vilseg.config import ViLSegModelConfig
-from semivl_fast.vilseg.model import ClusterHead, ViLSeg
+from semivl_fast.vilseg.model import ClusterHead, ViLSeg, ViLSegModelConfig
 from semivl_fast.vilseg.zeroshot import (
     MaskClipZeroShot,
     ViLSegZeroShot,
@@ -123,7 +122,7 @@ def test_upsample_scores_crops_the_padding():
 
 
 def _tiny_vilseg(tiny_clip_file, dense="value", global_embed="avg"):
-    from semivl_fast.models.clip import create_clip
+    from semivl_fast.clip import create_clip
 
     name, path = tiny_clip_file
     clip = create_clip(name, path)
@@ -175,7 +174,7 @@ def test_segmenters_on_a_real_tiny_model(tiny_clip_file):
         direct = torch.einsum("bdhw,nd->bnhw", dense, rows)
         per_class = torch.stack([direct[:, :2].amax(1), direct[:, 2], direct[:, 3:].amax(1)], 1)
         torch.testing.assert_close(seg(images[:, :, :48, :56])[:, :, ::8, ::8].shape, per_class.shape)
-        low = seg.backbone(images[:, :, :48, :56]).dense
+        low = seg.scorer.backbone(images[:, :, :48, :56]).dense
     torch.testing.assert_close(low, dense, atol=1e-5, rtol=1e-5)
 
 

@@ -16,7 +16,7 @@ _EXPORTS = {
                "scan_pairs", "split_path", "unlabeled_pairs", "write_split", "write_splits"),
     "synthetic": ("SyntheticWorld", "default_world_dir", "generate_world", "parse_caption", "render_scene",
                   "synthetic_class_set"),
-    "transforms": ("CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "box_mask"),
+    "transforms": ("CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "imagenet_to_clip"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from semivl_fast.data.specs import DatasetSpec, get_spec
+from semivl_fast.files import atomic_write
 
 Pair = tuple[str, str]
 PARTS = ("labeled", "unlabeled", "val")
@@ -69,11 +70,7 @@ def write_split(path: str | os.PathLike, pairs: Iterable[Pair]) -> Path:
             raise ValueError(f"cannot write pair ({img!r}, {mask!r}) to {path}: paths must be non-empty and "
                              "contain no whitespace")
         lines.append(f"{img} {mask}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
 
 
 def split_dataset_dir(split_dir: str | os.PathLike, dataset: str | DatasetSpec) -> Path:

@@ -37,6 +37,7 @@ import yaml
 from PIL import Image, ImageFilter
 
 from semivl_fast.data.splits import generate_split, write_split
+from semivl_fast.files import cache_dir
 from semivl_fast.text.classes import ClassSet, class_set_from_dict
 
 WORLD_VERSION = 1  # bump whenever rendering changes: cached worlds of an older version are regenerated
@@ -289,9 +290,7 @@ class SyntheticWorld:
 
 def default_world_dir() -> Path:
     """``$SEMIVL_FAST_CACHE/synthetic`` (default ``~/.cache/semivl_fast/synthetic``)."""
-    root = os.environ.get("SEMIVL_FAST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "semivl_fast")
-    return Path(root).expanduser() / "synthetic"
+    return cache_dir("synthetic")
 
 
 def _params(seed: int, num_train: int, num_val: int, size: int, labeled_counts: Sequence[int]) -> dict:

@@ -149,14 +149,6 @@ def cutmix_box(size: int, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4
     return (y, x, y + bh, x + bw)
 
 
-def box_mask(box: Tensor | tuple[int, int, int, int], size: int) -> Tensor:
-    """(size, size) bool mask of a ``(y0, x0, y1, x1)`` box (all False for the empty box)."""
-    y0, x0, y1, x1 = (int(v) for v in box)
-    m = torch.zeros(size, size, dtype=torch.bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
 def normalize(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
               ) -> Tensor:
     """RGB PIL image → (3, H, W) float32, (x/255 − mean)/std."""
@@ -165,6 +157,12 @@ def normalize(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tu
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
     return x.sub_(m).div_(s)
+
+
+def imagenet_to_clip(images: Tensor) -> Tensor:
+    """ImageNet-normalised images (B, 3, H, W) re-normalised with CLIP's mean/std (the reference's renorm_clip_img)."""
+    stat = lambda v: images.new_tensor(v).view(1, 3, 1, 1)
+    return (images * stat(IMAGENET_STD) + stat(IMAGENET_MEAN) - stat(CLIP_MEAN)) / stat(CLIP_STD)
 
 
 def mask_tensor(mask: Image.Image | np.ndarray) -> Tensor:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 FINETUNE_MODES = ("attn", "full", "frozen")
@@ -57,9 +58,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def _check_visual(visual: nn.Module) -> None:
-    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-
+def check_visual(visual: nn.Module) -> None:
+    """A clear error unless ``visual`` is an open_clip ViT whose blocks the MaskCLIP value path is defined for."""
     if not isinstance(visual, VisionTransformer):
         raise TypeError(f"the backbone needs an open_clip VisionTransformer, got {type(visual).__name__}; "
                         "use a ViT CLIP model (e.g. 'ViT-B-16'), not a ResNet/ConvNeXt one")
@@ -89,7 +89,7 @@ class ClipBackbone(nn.Module):
     def __init__(self, visual: nn.Module, image_size: int, guidance_layers: Sequence[int] = (0, 4),
                  finetune: str = "attn", reference_port: bool = False) -> None:
         super().__init__()
-        _check_visual(visual)
+        check_visual(visual)
         depth = len(visual.transformer.resblocks)
         bad = [i for i in guidance_layers if not 0 <= i < depth - 1]
         if bad:

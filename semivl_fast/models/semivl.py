@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from semivl_fast.clip import create_clip, get_tokenizer
+from semivl_fast.data.transforms import imagenet_to_clip
 from semivl_fast.models.backbone import ClipBackbone
-from semivl_fast.models.clip import create_clip, get_tokenizer
+from semivl_fast.models.class_texts import ClassTextModule
+from semivl_fast.models.convert import convert_reference_state_dict, load_reference_checkpoint
 from semivl_fast.models.decoder import DecoderConfig, LanguageGuidedDecoder
 from semivl_fast.models.resnet_stem import ResNetStem, load_stem_checkpoint
 from semivl_fast.ops.cost_volume import concept_max
@@ -39,15 +42,7 @@ class SemiVLConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
-def imagenet_to_clip(images: Tensor) -> Tensor:
-    """Re-normalise ImageNet-normalised images with CLIP's mean/std (the reference's ``renorm_clip_img``)."""
-    from semivl_fast.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-
-    stat = lambda v: images.new_tensor(v).view(1, 3, 1, 1)
-    return (images * stat(IMAGENET_STD) + stat(IMAGENET_MEAN) - stat(CLIP_MEAN)) / stat(CLIP_STD)
-
-
-class SemiVL(nn.Module):
+class SemiVL(ClassTextModule):
     """Images -> per-class logits, guided by class text embeddings.
 
     ``forward(images, need_fp=True)`` also runs the decoder on feature-perturbed encoder outputs (dropout2d on
@@ -62,18 +57,7 @@ class SemiVL(nn.Module):
         self.decoder = decoder
         self.conv_encoder = conv_encoder
         self.fp_dropout = fp_dropout
-        self.register_buffer("text_embeddings", torch.empty(0), persistent=False)
-        self.register_buffer("text_groups", torch.empty(0, dtype=torch.long), persistent=False)
-        self.set_text(text)
-
-    def set_text(self, text: TextEmbeddings) -> None:
-        """Use these class texts from now on (any class list: the decoder is class-agnostic)."""
-        device = self.text_embeddings.device
-        self.text_embeddings = text.embeddings.to(device)
-        self.text_groups = text.groups.to(device)
-        self.text_mode = text.mode
-        self.num_classes = text.num_classes
-        self.text = text  # class names and rows, for checkpoints
+        self.set_text(text)  # any class list: the decoder is class-agnostic
 
     def encode(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """images (B, 3, H, W) -> dense embedding (B, D, h, w) and the decoder's skips, deep -> shallow."""
@@ -158,8 +142,6 @@ def semivl_from_reference(checkpoint: str | dict, cfg: SemiVLConfig | None = Non
     the stored position-embedding grid is kept (Cityscapes: 50x50, resized to the 51x51 token grid of 801 crops on
     every forward, as the reference does), and the Cityscapes conv encoder is switched on when present.
     """
-    from semivl_fast.models.convert import convert_reference_state_dict, load_reference_checkpoint
-
     converted = (load_reference_checkpoint(checkpoint) if isinstance(checkpoint, str)
                  else convert_reference_state_dict(checkpoint))
     cfg = cfg or SemiVLConfig()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 BUILTIN_DIR = Path(__file__).parent / "classes"
@@ -145,8 +146,6 @@ def class_set_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Clas
 
 
 def _read_yaml(path: Path) -> ClassSet:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

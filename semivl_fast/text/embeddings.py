@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +29,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from semivl_fast.models.clip import create_clip, get_tokenizer, pretrained_identity
+from semivl_fast import files
+from semivl_fast.clip import create_clip, get_tokenizer, pretrained_identity
 from semivl_fast.ops.cost_volume import concept_max, ensemble_text
 from semivl_fast.text.classes import ClassSet, load_class_set, normalize_mode
 from semivl_fast.text.templates import fill_template, get_templates
@@ -88,9 +90,7 @@ class TextEmbeddings:
 
 def default_cache_dir() -> Path:
     """``$SEMIVL_FAST_CACHE/text`` if that variable is set, else ``~/.cache/semivl_fast/text``."""
-    root = os.environ.get("SEMIVL_FAST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "semivl_fast")
-    return Path(root).expanduser() / "text"
+    return files.cache_dir("text")
 
 
 @torch.no_grad()
@@ -149,8 +149,6 @@ def cache_path(cache_dir: str | os.PathLike, model_name: str, mode: str, key: st
 
 
 def _load_cached(path: Path, key: str, mode: str, num_classes: int) -> TextEmbeddings | None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -164,18 +162,8 @@ def _load_cached(path: Path, key: str, mode: str, num_classes: int) -> TextEmbed
 
 
 def _save_cached(path: Path, te: TextEmbeddings, meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"embeddings": te.embeddings.contiguous(), "groups": te.groups.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    tensors = {"embeddings": te.embeddings.contiguous(), "groups": te.groups.contiguous()}
+    files.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def build_text_embeddings(class_set: ClassSet | str | Sequence[str], *, model_name: str, pretrained: str | None,

@@ -35,12 +35,37 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from semivl_fast.data import generate_world, read_split
 from semivl_fast.data import transforms as T
-from semivl_fast.vilseg.config import CaptionDataConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _IMAGE_COLS = ("image", "filepath", "file", "path", "img", "url", "image_path")
 _TEXT_COLS = ("caption", "text", "title", "captions", "sentence")
+
+
+@dataclass
+class CaptionDataConfig:
+    source: str = "synthetic"  # synthetic | captions .tsv/.csv | image folder | WebDataset .tar shards (glob/{a..b})
+    root: str = ""  # synthetic: where the world lives ("" = the cache dir); otherwise unused
+    seed: int = 0  # synthetic world parameters (the same world as SemiVL's default run)
+    world_train: int = 2000
+    world_val: int = 200
+    world_size: int = 112
+    norm: str = "imagenet"  # input normalisation; keep SemiVL's (data.norm) for a prior it will use
+    global_size: int = 64  # global views (two per image, same geometry, different photometry)
+    global_scale: tuple[float, float] = (0.6, 1.0)  # area range of the global crop
+    local_crops: int = 2  # local views per image (0: no vision-based contrast)
+    local_size: int = 32
+    local_scale: tuple[float, float] = (0.4, 0.6)
+    jitter: float = 0.3  # brightness / contrast / saturation jitter strength (no hue: captions name colours)
+    phrase_sampling: float = 0.0  # text augmentation: with this probability the caption is replaced by a random
+    #                               non-empty subset of its phrases (split at commas and and/with/on)
+    word_dropout: float = 0.0  # text augmentation: drop each caption word with this probability (EDA random deletion)
+    phrase_min_count: int = 5  # grounding vocabulary: caption phrases (split at commas, and/with/on, ...) seen at
+    phrase_vocab: int = 1024  #   least this often, the most frequent this many (see vilseg.data.build_phrase_vocab)
+    flip_second_view: bool = True  # the 2nd global view is mirrored with p=0.5 (the clustering loss undoes it)
+    batch_size: int = 32
+    num_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -161,8 +186,6 @@ def index_shards(paths: list[str]) -> list[CaptionItem]:
 
 def synthetic_items(cfg: CaptionDataConfig) -> list[CaptionItem]:
     """The synthetic world's training captions (the validation images are never seen in pretraining)."""
-    from semivl_fast.data import generate_world, read_split
-
     world = generate_world(cfg.root or None, seed=cfg.seed, num_train=cfg.world_train, num_val=cfg.world_val,
                            size=cfg.world_size)
     train = {image for image, _ in read_split(world.root / "splits" / "synthetic" / "train.txt")}

@@ -21,10 +21,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semivl_fast.models.backbone import _check_visual, resize_pos_embed
-from semivl_fast.models.clip import create_clip
+from semivl_fast.clip import create_clip
+from semivl_fast.models.backbone import check_visual, resize_pos_embed
 from semivl_fast.ops.cost_volume import cost_volume
-from semivl_fast.vilseg.config import ViLSegModelConfig
+
+DENSE_SOURCES = ("value", "token")
+GLOBAL_EMBEDS = ("cls", "avg", "max")
+
+
+@dataclass
+class ViLSegModelConfig:
+    clip_model: str = "semivl-tiny"  # any open_clip ViT with a linear projection
+    pretrained: str | None = None  # open_clip tag, local checkpoint file, or None (from scratch)
+    dense: str = "value"  # patch embeddings: value (MaskCLIP value path of the last block) | token (last block tokens)
+    global_embed: str = "avg"  # cls (open_clip encode_image) | avg / max (mean / per-channel max of the dense patch
+    #                            embeddings)
+    num_clusters: int = 16  # K prototypes of the online clustering head
+    cluster_temp: float = 0.1  # softmax temperature on the patch-prototype cosine similarities
+    detach_clusters: bool = False  # True: the clustering loss trains the prototypes only, not the encoder
+    freeze_token_embedding: bool = False  # keep the (large, sparsely used) token embedding table fixed
 
 
 @dataclass
@@ -58,8 +73,8 @@ class ViLSeg(nn.Module):
 
     def __init__(self, clip: nn.Module, cfg: ViLSegModelConfig) -> None:
         super().__init__()
-        _check_visual(clip.visual)
-        if cfg.dense not in ("value", "token") or cfg.global_embed not in ("cls", "avg", "max"):
+        check_visual(clip.visual)
+        if cfg.dense not in DENSE_SOURCES or cfg.global_embed not in GLOBAL_EMBEDS:
             raise ValueError(f"dense={cfg.dense!r} / global_embed={cfg.global_embed!r}: choose value|token and "
                              "cls|avg|max")
         self.clip = clip

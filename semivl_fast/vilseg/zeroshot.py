@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semivl_fast.clip import get_tokenizer
 from semivl_fast.models.backbone import ClipBackbone
+from semivl_fast.models.maskclip import MaskClip
 from semivl_fast.ops.cost_volume import cost_volume
-from semivl_fast.text import TextEmbeddings
+from semivl_fast.text import ClassSet, TextEmbeddings, build_text_embeddings
 
 METHODS = ("vilseg", "maskclip")
 
@@ -127,28 +126,26 @@ class ViLSegZeroShot(_TextSegmenter):
 
 
 class MaskClipZeroShot(_TextSegmenter):
-    """Training-free MaskCLIP: dense value-path CLIP embeddings (``ClipBackbone``) vs the class text, per patch."""
+    """Training-free MaskCLIP (``MaskClip``: dense value-path CLIP embeddings vs the class text, per patch), scores
+    upsampled to the image."""
 
     def __init__(self, backbone: ClipBackbone, text: TextEmbeddings, bg_thresh: float | None = None,
                  background: str | int | None = "background") -> None:
         super().__init__(text, bg_thresh, background)
-        backbone.set_finetune("frozen")
-        self.backbone = backbone.eval()
+        self.scorer = MaskClip(backbone, text)
 
     @property
     def patch_size(self) -> int:
-        return self.backbone.patch_size
+        return self.scorer.patch_size
 
-    def train(self, mode: bool = True) -> MaskClipZeroShot:
-        return super().train(False)
+    def set_text(self, text: TextEmbeddings) -> None:
+        super().set_text(text)
+        self.scorer.set_text(text)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        dense = self.backbone(images).dense
-        groups = self.text.groups if self.text.mode == "max" else None
-        scores = cost_volume(dense, self.text.embeddings.to(dense.device, dense.dtype), groups, self.num_classes)
-        scores = apply_background(scores.float(), self.bg_thresh, self.background)
-        return upsample_scores(scores, self.backbone.patch_size, tuple(images.shape[-2:]))
+        scores = apply_background(self.scorer(images).float(), self.bg_thresh, self.background)
+        return upsample_scores(scores, self.patch_size, tuple(images.shape[-2:]))
 
 
 def maskclip_from_clip(clip: nn.Module, text: TextEmbeddings, bg_thresh: float | None = None,
@@ -160,13 +157,10 @@ def maskclip_from_clip(clip: nn.Module, text: TextEmbeddings, bg_thresh: float |
     return MaskClipZeroShot(ClipBackbone(visual, native, (), "frozen"), text, bg_thresh, background)
 
 
-def zero_shot_text(clip: nn.Module, model_name: str, classes, templates: str = "single", mode: str = "max",
-                   weights: str | None = None, cache_dir: str | None = None) -> TextEmbeddings:
+def zero_shot_text(clip: nn.Module, model_name: str, classes: ClassSet | str, templates: str = "single",
+                   mode: str = "max", weights: str | None = None, cache_dir: str | None = None) -> TextEmbeddings:
     """Class text rows from ``clip``'s own text encoder; cached on disk only when ``weights`` (a tag or file that
     identifies these weights) is given."""
-    from semivl_fast.models.clip import get_tokenizer
-    from semivl_fast.text import build_text_embeddings
-
     return build_text_embeddings(classes, model_name=model_name, pretrained=weights, templates=templates, mode=mode,
                                  clip_model=clip, tokenizer=get_tokenizer(model_name), cache_dir=cache_dir)
 
@@ -182,47 +176,3 @@ def build_segmenter(method: str, model: nn.Module, text: TextEmbeddings, bg_thre
     if method == "maskclip":
         return maskclip_from_clip(getattr(model, "clip", model), text, bg_thresh, background)
     raise ValueError(f"zero-shot method {method!r}; choose one of {METHODS}")
-
-
-def val_dataset(data_cfg, classes: str = "dataset"):
-    """(validation ``SemiDataset``, ``ClassSet``) of a segmentation ``DataConfig``: only ``val.txt`` is needed (no
-    training split lists); the synthetic world is generated if missing. ``classes="dataset"``: its own classes."""
-    from semivl_fast.data import SemiDataset, get_spec, split_path
-    from semivl_fast.engine.data import class_set_for, resolve_data
-
-    root, split_dir = resolve_data(data_cfg)
-    spec = get_spec(data_cfg.dataset)
-    val = SemiDataset(spec, root, split_path(split_dir, spec, None, "val"), "val", crop_size=data_cfg.crop_size,
-                      normalization=data_cfg.norm)
-    return val, class_set_for(classes, data_cfg.dataset, root)
-
-
-@dataclass
-class ZeroShotSource:
-    """What the zero-shot CLIs segment with: a ViL-Seg model, or a bare open_clip CLIP (MaskCLIP only)."""
-
-    model: nn.Module
-    model_name: str
-    weights: str | None  # identifies the weights for the text-embedding cache (a file or an open_clip tag)
-    norm: str  # the input normalisation the weights were trained with
-    config: Any = None  # the ViL-Seg PretrainConfig, when loaded from a ViL-Seg checkpoint
-
-
-def load_zero_shot_source(checkpoint: str | None = None, clip_model: str | None = None,
-                          pretrained: str | None = None, device: str | torch.device = "cpu") -> ZeroShotSource:
-    """A ViL-Seg checkpoint (run dir, ``vilseg.safetensors`` or ``last.pt``), or ``clip_model`` + ``pretrained`` (an
-    open_clip tag, a CLIP file, or ``vilseg:synthetic``) for the MaskCLIP baseline alone."""
-    if checkpoint:
-        from semivl_fast.vilseg.checkpoint import load_vilseg, resolve_checkpoint
-
-        model, cfg = load_vilseg(checkpoint, device)
-        return ZeroShotSource(model, cfg.model.clip_model, str(resolve_checkpoint(checkpoint).resolve()), cfg.data.norm,
-                              cfg)
-    if not clip_model:
-        raise ValueError("give --checkpoint (a ViL-Seg pretraining run) or --clip-model [--pretrained] (a CLIP for the "
-                         "MaskCLIP baseline)")
-    from semivl_fast.models.clip import create_clip
-
-    clip = create_clip(clip_model, pretrained).to(device).eval()
-    is_tag = bool(pretrained) and not os.path.isfile(pretrained) and not str(pretrained).startswith("vilseg:")
-    return ZeroShotSource(clip, clip_model, pretrained, "clip" if is_tag else "imagenet")

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
-from semivl_fast.checkpoint import TRAIN_STATE, _atomic, load_resumable, save_resumable
-from semivl_fast.models.clip import save_clip_checkpoint
-from semivl_fast.vilseg.config import PretrainConfig, from_dict, to_dict
+from semivl_fast.clip import save_clip_checkpoint
+from semivl_fast.files import atomic_write
+from semivl_fast.training.checkpoint import TRAIN_STATE, load_resumable, save_resumable
+from semivl_fast.training.config import to_dict
+from semivl_fast.training.vilseg.config import PretrainConfig, from_dict
+from semivl_fast.vilseg.model import ViLSeg, build_vilseg
 
 VILSEG_WEIGHTS = "vilseg.safetensors"
 CLIP_WEIGHTS = "clip.safetensors"
@@ -35,13 +40,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
 def export_vilseg(out_dir: str | Path, model: nn.Module, cfg: PretrainConfig,
                   metrics: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``vilseg.safetensors`` (whole model) and ``clip.safetensors`` (open_clip state dict) into ``out_dir``."""
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "semivl_fast.vilseg/1", "config": json.dumps(to_dict(cfg)), "metrics": json.dumps(metrics or {})}
-    _atomic(out_dir / VILSEG_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(out_dir / VILSEG_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     save_clip_checkpoint(model.clip, out_dir / CLIP_WEIGHTS)
     return out_dir / VILSEG_WEIGHTS, out_dir / CLIP_WEIGHTS
 
@@ -59,14 +62,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_vilseg(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PretrainConfig]:
+def load_vilseg(path: str | Path, device: str | torch.device = "cpu") -> tuple[ViLSeg, PretrainConfig]:
     """Rebuild a pretrained ViL-Seg (eval mode) from a run directory, ``vilseg.safetensors`` or ``last.pt``."""
-    from semivl_fast.vilseg.model import build_vilseg
-
     path = resolve_checkpoint(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if "config" not in meta:

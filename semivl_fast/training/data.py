@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from semivl_fast.config import DataConfig
-from semivl_fast.data import SemiDatasets, build_datasets, generate_world, get_spec
+from semivl_fast.data import SemiDataset, SemiDatasets, build_datasets, generate_world, get_spec, split_path
 from semivl_fast.text import ClassSet, load_class_set
+from semivl_fast.training.config import DataConfig
 
 
 @dataclass
@@ -43,13 +43,11 @@ def resolve_data(cfg: DataConfig, generate: bool = True) -> tuple[Path, Path]:
     return root, Path(cfg.split_dir).expanduser() if cfg.split_dir else root / "splits"
 
 
-def class_set_for(cfg_classes: str, dataset: str, root: Path) -> ClassSet:
-    """The class set named by the model config; ``"dataset"`` means the dataset's own classes."""
-    if cfg_classes in ("dataset", dataset):
-        spec = get_spec(dataset)
-        path = root / spec.class_set
-        return load_class_set(path if path.suffix in (".yaml", ".yml") else spec.class_set)
-    return load_class_set(cfg_classes)
+def class_set_for(classes: str, dataset: str, root: Path) -> ClassSet:
+    """The class set named by a model config; ``"dataset"`` (or the dataset's name) means the dataset's own classes."""
+    if classes in ("dataset", dataset):
+        return load_class_set(get_spec(dataset).class_set_source(root))
+    return load_class_set(classes)
 
 
 def prepare_data(cfg: DataConfig, classes: str) -> RunData:
@@ -62,6 +60,16 @@ def build_val_dataset(cfg: DataConfig) -> Dataset:
     """The validation set of ``cfg`` (the synthetic world is regenerated from its seed if the cache is gone)."""
     root, split_dir = resolve_data(cfg)
     return build_datasets(cfg.dataset, root, cfg.split, split_dir, cfg.crop_size, normalization=cfg.norm).val
+
+
+def val_dataset(cfg: DataConfig, classes: str = "dataset") -> tuple[SemiDataset, ClassSet]:
+    """(validation set, class set) of ``cfg`` needing only ``val.txt`` (no training split lists), as zero-shot
+    evaluation does; the synthetic world is generated if missing. ``classes="dataset"``: the dataset's own."""
+    root, split_dir = resolve_data(cfg)
+    spec = get_spec(cfg.dataset)
+    val = SemiDataset(spec, root, split_path(split_dir, spec, None, "val"), "val", crop_size=cfg.crop_size,
+                      normalization=cfg.norm)
+    return val, class_set_for(classes, cfg.dataset, root)
 
 
 class SeededSamples(Dataset):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from semivl_fast.engine.dist import is_main
+import semivl_fast
+from semivl_fast.ops import active_backends
+from semivl_fast.training.dist import is_main
 
 LOG = logging.getLogger("semivl_fast")
 
@@ -33,10 +37,6 @@ def setup_logging(out_dir: str | Path | None = None, stream: Any = None) -> None
 
 def git_revision(path: str | Path | None = None) -> str:
     """Short commit of the checkout holding ``path`` (default: this package); "not a git checkout" or "unknown"."""
-    import subprocess
-
-    import semivl_fast
-
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                               cwd=path or Path(semivl_fast.__file__).parent).stdout.strip() or "not a git checkout"
@@ -46,9 +46,6 @@ def git_revision(path: str | Path | None = None) -> str:
 
 def log_environment(device: torch.device) -> None:
     """One line each, once at the start of a run: code revision, versions and build, the face every op runs."""
-    import semivl_fast
-    from semivl_fast.ops import active_backends
-
     sha = git_revision()
     info = semivl_fast.build_info()
     LOG.info(f"semivl_fast {semivl_fast.__version__} ({sha}); torch {info['torch']} (CUDA {info['torch_cuda']}), "
@@ -68,7 +65,7 @@ class RunLogger:
         self.writer = None
         if self.main and tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is optional and slow to import
 
                 self.writer = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError:  # tensorboard not installed: scalars still go to the log
@@ -76,8 +73,6 @@ class RunLogger:
         self._last_step, self._last_time = 0, time.time()  # for the iteration rate of the log lines
         self.bar = None
         if self.main and progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:

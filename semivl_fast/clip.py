@@ -1,4 +1,8 @@
-"""Create open_clip models by name, from a pretrained tag (``openai``, ...) or a local checkpoint file."""
+"""Create open_clip models by name, from a pretrained tag (``openai``, ...) or a local checkpoint file.
+
+The library takes a tag or a file and nothing else; names of training-side priors (``vilseg:synthetic``) are resolved
+to their file by the trainer (``semivl_fast.training.prior``) before a model is built.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ from typing import Any
 
 import open_clip
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-_CONFIG_DIR = Path(__file__).parent / "configs"
+from semivl_fast.files import atomic_write
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
@@ -18,21 +25,12 @@ def register_builtin_configs() -> None:
     """Make the package's own model configs (``semivl-tiny``) known to open_clip."""
     global _registered
     if not _registered:
-        open_clip.add_model_config(_CONFIG_DIR)
+        open_clip.add_model_config(CONFIG_DIR)
         _registered = True
-
-
-def _resolve(pretrained: str | None) -> str | None:
-    if pretrained and str(pretrained).startswith("vilseg:"):  # a ViL-Seg prior, pretrained on first use
-        from semivl_fast.vilseg.prior import resolve_pretrained
-
-        return resolve_pretrained(pretrained)
-    return pretrained
 
 
 def pretrained_identity(pretrained: str | None) -> str:
     """A string that changes when the weights change: the tag itself, or path + size + mtime for a file."""
-    pretrained = _resolve(pretrained)
     if not pretrained:
         return "random"
     if os.path.isfile(pretrained):
@@ -44,7 +42,6 @@ def pretrained_identity(pretrained: str | None) -> str:
 def create_clip(model_name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """An open_clip CLIP model; ``pretrained`` is an open_clip tag, a local checkpoint file, or None (random init)."""
     register_builtin_configs()
-    pretrained = _resolve(pretrained)
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; choose one of open_clip.list_models() "
                          f"(e.g. 'ViT-B-16') or add a JSON config with open_clip.add_model_config(dir)")
@@ -76,9 +73,5 @@ def get_tokenizer(model_name: str):
 @torch.no_grad()
 def save_clip_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s weights as safetensors that ``create_clip(name, pretrained=path)`` loads back."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp"
-    save_file(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))

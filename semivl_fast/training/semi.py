@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from semivl_fast.config import TrainConfig
-from semivl_fast.engine.dist import all_reduce_sum, world_size
 from semivl_fast.ops import box_mask, pseudo_label_loss
+from semivl_fast.training.config import TrainConfig
+from semivl_fast.training.dist import all_reduce_sum, world_size
 
 
 @dataclass

@@ -1,7 +1,11 @@
 """Run configuration: nested dataclasses, YAML files (with ``base:`` inheritance) and dotted ``key=value`` overrides.
 
 Precedence: dataclass defaults < YAML file (its ``base`` chain first) < command-line overrides. Unknown keys and
-values of the wrong type are errors that name the key. The resolved config is saved with every run.
+values of the wrong type are errors that name the key; a config class's ``validate()`` checks what types cannot.
+The resolved config is saved with every run. ``Config`` is SemiVL's run config (its model section is the library's
+``SemiVLConfig``); ViL-Seg's is ``semivl_fast.training.vilseg.config.PretrainConfig``, read by the same machinery.
+
+The recipes (YAML) ship in ``semivl_fast/training/configs/``: ``--config voc/92`` names one, any other path is a file.
 """
 
 from __future__ import annotations
@@ -11,12 +15,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from semivl_fast.files import atomic_write
 from semivl_fast.models.decoder import DecoderConfig
 from semivl_fast.models.semivl import SemiVLConfig
+from semivl_fast.training.precision import check_amp
+
+RECIPES = Path(__file__).parent / "configs"
+MIX_PARTNERS = ("same", "loader", "roll")
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,6 +95,17 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def validate(self) -> None:
+        """Value checks the types cannot express; one clear error naming the key."""
+        if self.train.mix_partner not in MIX_PARTNERS:
+            raise ValueError(f"train.mix_partner={self.train.mix_partner!r}; choose one of {MIX_PARTNERS}")
+        check_amp(self.train.amp)
+
+
+def window_options(cfg: EvalConfig) -> dict[str, Any]:
+    """The keyword arguments of ``semivl_fast.metrics.evaluate`` that ``cfg`` sets."""
+    return {"mode": cfg.mode, "stride": cfg.stride, "merge": cfg.merge, "max_images": cfg.max_images}
+
 
 # ------------------------------------------------------------------------------------------------ conversion
 
@@ -109,7 +130,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r} is a section: give a mapping, got {value!r}")
-        return _merge(tp(), value, key)
+        return merge(tp(), value, key)
     if origin is tuple:
         if isinstance(value, str):
             value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
@@ -147,7 +168,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"config key {key!r}: unsupported field type {tp}")
 
 
-def _merge(base: Any, data: dict, prefix: str) -> Any:
+def merge(base: Any, data: dict, prefix: str) -> Any:
     """``base`` (a dataclass instance) with the keys of ``data`` replaced (recursively for sections)."""
     hints = typing.get_type_hints(type(base))
     names = {f.name for f in dataclasses.fields(base)}
@@ -158,7 +179,7 @@ def _merge(base: Any, data: dict, prefix: str) -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else k
         current = getattr(base, k)
-        changes[k] = _merge(current, v, key) if dataclasses.is_dataclass(current) and isinstance(v, dict) \
+        changes[k] = merge(current, v, key) if dataclasses.is_dataclass(current) and isinstance(v, dict) \
             else _coerce(v, hints[k], key)
     return dataclasses.replace(base, **changes)
 
@@ -174,14 +195,36 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+def build(cls: type[T], data: dict) -> T:
+    """A ``cls`` config from a (possibly partial) nested dict, validated (``cls.validate()`` where it has one)."""
+    cfg = merge(cls(), data, "")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
 def from_dict(data: dict) -> Config:
-    """Config from a (possibly partial) nested dict, e.g. one stored in a checkpoint."""
-    return _merge(Config(), data, "")
+    """SemiVL's run config from a (possibly partial) nested dict, e.g. one stored in a checkpoint."""
+    return build(Config, data)
 
 
 # ------------------------------------------------------------------------------------------------ files, CLI
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def recipe_path(name: str | Path) -> Path:
+    """A config file: ``name`` itself if it exists, else the recipe of that name (``voc/92``, ``synthetic``; also
+    ``configs/voc/92.yaml``, the recipes' folder in the repository)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = str(name).removeprefix("configs/")
+    recipe = RECIPES / (rel if rel.endswith((".yaml", ".yml")) else f"{rel}.yaml")
+    if recipe.is_file():
+        return recipe
+    known = sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml"))
+    raise FileNotFoundError(f"config {name}: no such file and no recipe of that name; recipes: {', '.join(known)}")
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML config with its ``base:`` chain merged under it (base first)."""
     path = path.resolve()
     if path in seen:
@@ -194,7 +237,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return deep_update(_read_yaml((path.parent / base), (*seen, path)), data)
+    return deep_update(read_yaml((path.parent / base), (*seen, path)), data)
 
 
 def deep_update(base: dict, new: dict) -> dict:
@@ -222,21 +265,22 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults, then the YAML file or recipe ``path`` (if any), then the dotted ``overrides``."""
+    data = read_yaml(recipe_path(path)) if path else {}
+    return build(cls, deep_update(data, parse_overrides(overrides or [])))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file ``path`` (if any), then the dotted ``overrides``."""
-    data = _read_yaml(Path(path)) if path else {}
-    data = deep_update(data, parse_overrides(overrides or []))
-    return from_dict(data)
+    """SemiVL's run config: defaults, then the YAML file or recipe ``path``, then the dotted ``overrides``."""
+    return load(Config, path, overrides)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-__all__ = ["Config", "DataConfig", "DecoderConfig", "EvalConfig", "SemiVLConfig", "TrainConfig", "from_dict",
-           "load_config", "parse_overrides", "save_config", "to_dict"]
+__all__ = ["Config", "DataConfig", "DecoderConfig", "EvalConfig", "SemiVLConfig", "TrainConfig", "build", "from_dict",
+           "load", "load_config", "parse_overrides", "recipe_path", "save_config", "to_dict", "window_options"]

@@ -10,31 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
-from semivl_fast.config import Config, from_dict, to_dict
+from semivl_fast.files import atomic_write
+from semivl_fast.models.semivl import SemiVL, build_semivl
 from semivl_fast.text import TextEmbeddings
+from semivl_fast.training.config import Config, from_dict, to_dict
 
 TRAIN_STATE = "last.pt"
 WEIGHTS = "model.safetensors"
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def text_state(text: TextEmbeddings) -> dict[str, Any]:
@@ -82,7 +74,7 @@ def save_resumable(path: str | Path, *, model: nn.Module, optimizer: torch.optim
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "step": int(step), "config": config,
              "rng": rng_state(), "extra": extra or {}, **fields}
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_resumable(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -103,21 +95,17 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 def export_weights(path: str | Path, model: nn.Module, cfg: Config, text: TextEmbeddings,
                    metrics: dict[str, Any] | None = None) -> None:
     """Model weights + class texts as safetensors; config, class names and metrics in the metadata."""
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["text.embeddings"] = text.embeddings.contiguous().cpu()
     tensors["text.groups"] = text.groups.contiguous().cpu()
     meta = {"config": json.dumps(to_dict(cfg)), "text_mode": text.mode, "num_classes": str(text.num_classes),
             "texts": json.dumps(list(text.texts)), "classes": json.dumps(list(text.classes)),
             "metrics": json.dumps(metrics or {})}
-    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _read_weights(path: Path) -> tuple[Config, dict[str, torch.Tensor], TextEmbeddings]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
@@ -130,10 +118,8 @@ def _read_weights(path: Path) -> tuple[Config, dict[str, torch.Tensor], TextEmbe
     return from_dict(ckpt["config"]), ckpt["model"], text_from_state(ckpt["text"])
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SemiVL, Config]:
     """Rebuild a trained SemiVL from ``model.safetensors``, ``last.pt`` or a run directory; eval mode."""
-    from semivl_fast.models.semivl import build_semivl
-
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS if (path / WEIGHTS).is_file() else path / TRAIN_STATE

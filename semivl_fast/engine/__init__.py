@@ -1,1 +1,0 @@
-"""Training machinery shared by SemiVL and ViL-Seg: optimiser, guidance, distributed helpers, logging, steps."""
