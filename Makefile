@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   create .venv, install, build the kernels, train SemiVL on the built-in synthetic world
-#   make test    same set-up, then the test suite
-# Everything else (make setup / bench / lint / clean) is optional.
+#   make test    same set-up, then the whole test suite (what CI runs, after make lint)
+# Everything else is optional: make test-fast (the tests not marked slow, under two minutes), setup, bench, lint,
+# clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ export SEMIVL_FAST_CUDA ?= auto
 export MAX_JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup train test bench lint clean
+.PHONY: setup train test test-fast bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ test: setup
 	SEMIVL_FAST_REQUIRE_EXT=1 $(PY) -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing selected, treated as success"; rc=0; fi; \
 	exit $$rc
+
+test-fast:
+	$(MAKE) test ARGS='-m "not slow" $(ARGS)'
 
 bench: setup
 	$(PY) bench/decoder.py $(ARGS)

@@ -13,18 +13,29 @@ Environment switches (all optional):
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# kernels/ and configs/ live at the top level of the repository and install inside the package
-PACKAGES = [*find_packages(include=["semivl_fast", "semivl_fast.*"]), "semivl_fast.kernels", "semivl_fast.configs"]
-PACKAGE_DIR = {"semivl_fast.kernels": "kernels", "semivl_fast.configs": "configs"}
+# Every folder of the package is a package, data folders too (configs, class lists), so their files install with it;
+# the Triton kernels live at the top level (kernels/) and install as semivl_fast.kernels.
+PACKAGES = [*find_namespace_packages(include=["semivl_fast", "semivl_fast.*"], exclude=["*.__pycache__"]),
+            "semivl_fast.kernels"]
+PACKAGE_DIR = {"semivl_fast.kernels": "kernels"}
+
+
+def _build_flags():
+    """csrc/build_flags.py: the compiler and linker flags, shared with CMakeLists.txt."""
+    spec = importlib.util.spec_from_file_location("build_flags", os.path.join(ROOT, "csrc", "build_flags.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _flag(name: str, default: str = "auto") -> str:
@@ -95,28 +106,21 @@ def _extensions():
         raise SystemExit(f"semivl_fast: SEMIVL_FAST_CUDA=1 but {why}; unset it or install a CUDA torch and toolkit")
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    # -fopenmp: when torch's CPU parallel backend is OpenMP, at::parallel_for is an OpenMP region inlined from ATen's
-    # headers, so without the flag every CPU kernel runs on one thread (build_info()["cpu_kernel_threads"] shows it).
-    # With GCC the link pulls libgomp.so.1, the soname torch has already loaded: one OpenMP runtime.
-    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", *openmp]
-    link = openmp
+    flags = _build_flags()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if build_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # no GPU to ask: build the two targets we support
-        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--use_fast_math", "-U__CUDA_NO_HALF_OPERATORS__",
-                "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-DWITH_CUDA"]
         ext = CUDAExtension("semivl_fast._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                             include_dirs=include_dirs,
-                            extra_compile_args={"cxx": [*cxx, "-DWITH_CUDA"], "nvcc": nvcc},
-                            extra_link_args=link)
+                            extra_compile_args={"cxx": flags.cxx_flags(cuda=True), "nvcc": flags.nvcc_flags()},
+                            extra_link_args=flags.link_flags())
         print(f"semivl_fast: building CPU + CUDA kernels (CUDA_HOME={cuda_home}, "
               f"archs={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
     else:
-        ext = CppExtension("semivl_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
-                           extra_link_args=link)
+        ext = CppExtension("semivl_fast._C", sources, include_dirs=include_dirs,
+                           extra_compile_args={"cxx": flags.cxx_flags()}, extra_link_args=flags.link_flags())
         print("semivl_fast: building CPU kernels only", file=sys.stderr)
     _write_build_config(torch.__version__, cuda_home if build_cuda else None,
                         os.environ.get("TORCH_CUDA_ARCH_LIST", "") if build_cuda else "")
@@ -124,5 +128,4 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"semivl_fast.configs": ["*.yaml", "*/*.yaml"]},
-      ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
