@@ -158,7 +158,9 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
 
     CUDA: the caching allocator's peak. CPU: the live-bytes curve rebuilt from the profiler's allocation records
     (each op's own allocations at its start, frees when they happen), so inputs and outputs alive before the call
-    do not count and allocator caching does not blur it.
+    do not count and allocator caching does not blur it. The peak is taken above the curve's lowest point so far:
+    a step that first drops tensors of the previous call (``x.grad = None``) frees memory allocated before the
+    window, and counting from zero would then hide as much of the call's own peak.
     """
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -169,10 +171,11 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    live = peak = 0
+    live = low = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
+        low = min(low, live)
+        peak = max(peak, live - low)
     return peak / 2**20
 
 
