@@ -70,14 +70,21 @@ def _find_cuda_home() -> str | None:
     return guess if _has_cudart(guess) else None
 
 
-def _write_build_config(torch_version: str, cuda_home: str | None, archs: str) -> None:
-    """Record what the extension is built with; semivl_fast.build_info() reports it."""
-    path = os.path.join(ROOT, "semivl_fast", "_build_config.py")
-    text = (f"# Written by setup.py at build time; not tracked by git.\nTORCH_VERSION = {torch_version!r}\n"
-            f"CUDA_HOME = {cuda_home!r}\nCUDA_ARCHS = {archs!r}\n")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+def _build_ext_command(base, build_config: str):
+    """``base`` (torch's BuildExtension) that also writes ``_build_config.py`` beside the extension it builds: into
+    the source tree for an editable or in-place build, into the build folder for a wheel (so building a wheel never
+    rewrites what an editable install reports). ``semivl_fast.build_info()`` reads it."""
+
+    class BuildExtWithConfig(base):
+        def run(self) -> None:
+            super().run()
+            for ext in self.extensions:
+                target = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_config.py")
+                with open(target + ".tmp", "w") as f:
+                    f.write(build_config)
+                os.replace(target + ".tmp", target)
+
+    return BuildExtWithConfig
 
 
 def _extensions():
@@ -122,9 +129,11 @@ def _extensions():
         ext = CppExtension("semivl_fast._C", sources, include_dirs=include_dirs,
                            extra_compile_args={"cxx": flags.cxx_flags()}, extra_link_args=flags.link_flags())
         print("semivl_fast: building CPU kernels only", file=sys.stderr)
-    _write_build_config(torch.__version__, cuda_home if build_cuda else None,
-                        os.environ.get("TORCH_CUDA_ARCH_LIST", "") if build_cuda else "")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if build_cuda else ""
+    build_config = (f"# Written by setup.py at build time; not tracked by git.\nTORCH_VERSION = {torch.__version__!r}\n"
+                    f"CUDA_HOME = {cuda_home if build_cuda else None!r}\nCUDA_ARCHS = {archs!r}\n")
+    command = _build_ext_command(BuildExtension, build_config)
+    return [ext], {"build_ext": command.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -46,8 +46,11 @@ def test_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     recipe run a few iterations, and the wheel's own C++ kernels load."""
     env = {**os.environ, "SEMIVL_FAST_CUDA": "0", "MAX_JOBS": "2", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
+    build_config = ROOT / "semivl_fast" / "_build_config.py"  # the editable install's: a wheel build leaves it alone
+    before = build_config.read_text() if build_config.is_file() else None
     log = _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps", "-w",
                 str(tmp_path / "dist")], tmp_path, env)
+    assert (build_config.read_text() if build_config.is_file() else None) == before
     warnings = [line for line in log.splitlines() if re.search(r"Warning\b|warning:|WARNING:", line)
                 and "file:///" not in line]  # pip's notes on this machine's local package index
     assert not warnings, "the build warns:\n" + "\n".join(warnings)
@@ -65,10 +68,12 @@ def test_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     run_env = {**env, "SEMIVL_FAST_CACHE": str(tmp_path / "cache"), "SEMIVL_FAST_REQUIRE_EXT": "1"}
-    where = _run([str(python), "-c", "import semivl_fast, json; print(json.dumps([semivl_fast.__file__, "
-                  "semivl_fast.build_info()['cpu_kernels']]))"], work, run_env)
-    path, kernels = json.loads(where.strip().splitlines()[-1])
-    assert Path(path).is_relative_to(venv) and kernels
+    where = _run([str(python), "-c", "import semivl_fast, json; info = semivl_fast.build_info(); "
+                  "print(json.dumps([semivl_fast.__file__, info['cpu_kernels'], info['built_with_torch'], "
+                  "info['cuda_kernels']]))"], work, run_env)
+    path, kernels, built_with, cuda = json.loads(where.strip().splitlines()[-1])
+    assert Path(path).is_relative_to(venv) and kernels and not cuda
+    assert built_with == _run([str(python), "-c", "import torch; print(torch.__version__)"], work).strip()
     for entry in ENTRY_POINTS:
         assert "usage: python -m semivl_fast." + entry in _run([str(python), "-m", f"semivl_fast.{entry}", "--help"],
                                                                work, run_env)
