@@ -140,7 +140,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, ro
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (the profiler's C++ side logs start/stop lines there on every use)."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -169,7 +169,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = low = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
@@ -207,7 +207,7 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 def format_table(rows: list[Row], baseline: str = "eager") -> str:
     """One line per (op, case, impl): time, speed-up over ``baseline``, peak memory, its ratio, roofline share."""
     base = {(r.op, r.case): r for r in rows if r.impl == baseline}
-    head = (f"{'op':18s} {'case':26s} {'impl':10s} {'median ms':>10s} {'speed-up':>9s} {'peak MB':>9s} "
+    head = (f"{'op':18s} {'case':26s} {'impl':18s} {'median ms':>10s} {'speed-up':>9s} {'peak MB':>9s} "
             f"{'mem ratio':>9s} {'roofline':>9s}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -215,7 +215,7 @@ def format_table(rows: list[Row], baseline: str = "eager") -> str:
         speed = f"{b.ms / r.ms:8.2f}x" if b else ""
         mem_ratio = f"{b.peak_mb / r.peak_mb:8.1f}x" if b and b.peak_mb and r.peak_mb else ""
         peak = f"{r.peak_mb:9.1f}" if r.peak_mb is not None else f"{'-':>9s}"
-        lines.append(f"{r.op:18s} {r.case:26s} {r.impl:10s} {r.ms:10.2f} {speed:>9s} {peak} {mem_ratio:>9s} "
+        lines.append(f"{r.op:18s} {r.case:26s} {r.impl:18s} {r.ms:10.2f} {speed:>9s} {peak} {mem_ratio:>9s} "
                      f"{100 * r.roofline:8.1f}%")
     return "\n".join(lines)
 
